@@ -1,0 +1,24 @@
+"""Process exit codes, the same everywhere in tfodtrain (training, supervisor, tools).
+
+A scheduler or the supervisor reads these to decide whether to restart a run.
+"""
+
+OK = 0  # training finished
+BUG = 1  # unexpected error: a traceback was printed
+BAD_INPUT = 2  # bad configuration or input: one line says what to fix; nothing was written
+GUARD_ABORT = 75  # the leak guard saved a checkpoint and stopped the run before memory ran out
+OUT_OF_MEMORY = 76  # an out-of-memory error was raised; an emergency checkpoint was attempted
+INTERRUPTED = 130  # SIGINT: checkpoint saved, then exit (128 + 2)
+TERMINATED = 143  # SIGTERM (preemption): checkpoint saved, then exit (128 + 15)
+
+# Exit codes after which a supervisor restarts from the last checkpoint. Deaths by a signal
+# (SIGKILL from the OOM killer, SIGSEGV, SIGABRT, SIGBUS) are restartable too; see supervise.py.
+RESTARTABLE = frozenset({GUARD_ABORT, OUT_OF_MEMORY})
+
+
+class UserError(Exception):
+    """A mistake in the user's configuration or input.
+
+    The entry point prints ``str(error)`` as one line and exits with ``BAD_INPUT``; no traceback.
+    Say what is wrong and how to fix it.
+    """
