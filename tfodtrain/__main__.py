@@ -1,0 +1,88 @@
+"""`python -m tfodtrain +experiment=NAME [overrides]`: the thin Hydra entry point.
+
+Composition mistakes (an unknown experiment, a misspelt key) are caught here first, so the user gets
+one line and exit code 2 instead of Hydra's multi-line report; then Hydra runs `train.run` (or, with
+`trainer.max_restarts>0`, the supervisor).
+"""
+
+from __future__ import annotations
+
+import sys
+
+from tfodtrain import exit_codes
+from tfodtrain.paths import config_dir
+
+
+def _composition_error(overrides: list[str]) -> str | None:
+    """Compose the config as Hydra will; a one-line message if it cannot be composed."""
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from tfodtrain.config_checks import available_experiments
+
+    for override in overrides:
+        key, _, value = override.lstrip("+~").partition("=")
+        if key == "experiment" and value and value not in available_experiments():
+            return f"unknown experiment '{value}'; available: {', '.join(available_experiments())}"
+    try:
+        with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3", job_name="check"):
+            compose(config_name="config", overrides=overrides, return_hydra_config=True)
+    except (HydraException, OmegaConfBaseException, ValueError) as error:
+        text = str(error) or str(error.__cause__ or "") or type(error).__name__
+        lines = [line.strip() for line in text.splitlines() if line.strip()]
+        detail = next((line for line in lines[1:] if "not in struct" in line or "Key" in line), "")
+        message = lines[0] if lines else type(error).__name__
+        if detail and detail not in message:
+            message = f"{message} ({detail})"
+        return f"{message}; check the spelling against the README's config reference (python -m tfodtrain --cfg job shows it)"
+    return None
+
+
+def _hydra_entry() -> None:
+    import hydra
+    from omegaconf import DictConfig
+
+    @hydra.main(config_path=str(config_dir()), config_name="config", version_base="1.3")
+    def entry(cfg: DictConfig) -> None:
+        if cfg.trainer.get("max_restarts", 0) and not _is_child():
+            from tfodtrain.supervise import supervise
+
+            code = supervise(cfg)
+        else:
+            from tfodtrain.train import run
+
+            code = run(cfg)
+        if code:
+            sys.exit(code)
+
+    entry()
+
+
+def _is_child() -> bool:
+    import os
+
+    return os.environ.get("TFODTRAIN_SUPERVISED") == "1"
+
+
+def main() -> None:
+    args = sys.argv[1:]
+    takes_value = {"--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn",
+                   "--config-dir", "-cd", "--info", "-i"}
+    overrides, flags = [], []
+    for previous, arg in zip([None] + args, args):
+        if arg.startswith("-") or previous in takes_value:
+            flags.append(arg)
+        else:
+            overrides.append(arg)
+    sweeping = any(f in ("-m", "--multirun") for f in flags)
+    if not sweeping and not any(f in ("-h", "--help", "--hydra-help", "--info") for f in flags):
+        message = _composition_error(overrides)
+        if message:
+            print(f"tfodtrain: error: {message}", file=sys.stderr)
+            sys.exit(exit_codes.BAD_INPUT)
+    _hydra_entry()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,132 @@
+"""The embedded synthetic `shapes` detection set, generated on first use into a cache.
+
+Rectangles, ellipses and triangles (3 classes, ids 1..3; Model Garden's `num_classes` is 4 because it
+counts the background) on noisy backgrounds, 1-4 objects an image, JPEG-encoded, written as TFRecords
+in the Object Detection API layout with Model Garden's `TfExampleBuilder`. The same seed and sizes
+always give the same bytes, so a cache hit is as good as regenerating.
+
+Example:
+    >>> paths = ensure_shapes_dataset("~/.cache/tfodtrain", num_train=256, num_val=64)
+    >>> paths.train_pattern   # '.../shapes-v1-.../train-*.tfrecord'
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+log = logging.getLogger(__name__)
+
+CLASS_NAMES = ("rectangle", "ellipse", "triangle")  # class ids 1, 2, 3
+_FORMAT_VERSION = 1
+_SHARDS = 2
+
+
+@dataclasses.dataclass(frozen=True)
+class ShapesPaths:
+    root: Path
+    train_pattern: str
+    val_pattern: str
+    label_map: dict[int, str]
+
+
+def _draw_image(rng: np.random.Generator, size: int):
+    """One noisy background with 1-4 shapes; returns the image and normalised boxes + class ids."""
+    base = rng.integers(40, 200, size=3)
+    noise = rng.normal(0, 18, size=(size, size, 3))
+    pixels = np.clip(base + noise, 0, 255).astype(np.uint8)
+    image = Image.fromarray(pixels)
+    draw = ImageDraw.Draw(image)
+    boxes, classes = [], []
+    for _ in range(int(rng.integers(1, 5))):
+        class_id = int(rng.integers(1, len(CLASS_NAMES) + 1))
+        w, h = (int(v) for v in rng.integers(size // 8, size // 2.5, size=2))
+        x0 = int(rng.integers(0, size - w))
+        y0 = int(rng.integers(0, size - h))
+        x1, y1 = x0 + w, y0 + h
+        colour = tuple(int(c) for c in rng.integers(0, 256, size=3))
+        if class_id == 1:
+            draw.rectangle([x0, y0, x1, y1], fill=colour)
+        elif class_id == 2:
+            draw.ellipse([x0, y0, x1, y1], fill=colour)
+        else:
+            draw.polygon([(x0, y1), (x1, y1), ((x0 + x1) // 2, y0)], fill=colour)
+        boxes.append((y0 / size, x0 / size, y1 / size, x1 / size))
+        classes.append(class_id)
+    return np.asarray(image), boxes, classes
+
+
+def _write_split(directory: Path, split: str, count: int, size: int, seed: int, first_id: int) -> None:
+    import tensorflow as tf  # heavy: only when the cache is cold
+    from official.vision.data.tf_example_builder import TfExampleBuilder
+
+    rng = np.random.default_rng(seed)
+    writers = [
+        tf.io.TFRecordWriter(str(directory / f"{split}-{shard:05d}-of-{_SHARDS:05d}.tfrecord"))
+        for shard in range(_SHARDS)
+    ]
+    try:
+        for index in range(count):
+            pixels, boxes, classes = _draw_image(rng, size)
+            ymin, xmin, ymax, xmax = (list(v) for v in zip(*boxes))
+            example = (
+                TfExampleBuilder()
+                .add_image_matrix_feature(
+                    pixels, image_format="JPEG", image_source_id=str(first_id + index).encode()
+                )
+                .add_boxes_feature(xmin, xmax, ymin, ymax, classes)
+                .example
+            )
+            writers[index % _SHARDS].write(example.SerializeToString())
+    finally:
+        for writer in writers:
+            writer.close()
+
+
+def ensure_shapes_dataset(
+    cache_dir: str | os.PathLike,
+    num_train: int = 512,
+    num_val: int = 64,
+    image_size: int = 320,
+    seed: int = 0,
+) -> ShapesPaths:
+    """Generate the shapes TFRecords into `cache_dir` unless an identical set is already there."""
+    key = json.dumps(
+        {"v": _FORMAT_VERSION, "train": num_train, "val": num_val, "size": image_size, "seed": seed},
+        sort_keys=True,
+    )
+    digest = hashlib.sha1(key.encode()).hexdigest()[:10]
+    root = Path(cache_dir).expanduser() / f"shapes-v{_FORMAT_VERSION}-{digest}"
+    done_marker = root / "COMPLETE"
+    if not done_marker.exists():
+        log.info("Generating the shapes dataset (%d train, %d val images) into %s", num_train, num_val, root)
+        staging = root.with_name(root.name + f".tmp{os.getpid()}")
+        staging.mkdir(parents=True, exist_ok=True)
+        # Train and validation images come from separate streams, so they never repeat each other.
+        _write_split(staging, "train", num_train, image_size, seed * 2 + 1, first_id=1)
+        _write_split(staging, "val", num_val, image_size, seed * 2 + 2, first_id=num_train + 1)
+        (staging / "label_map.json").write_text(
+            json.dumps({str(i + 1): name for i, name in enumerate(CLASS_NAMES)}, indent=2)
+        )
+        (staging / "COMPLETE").write_text(key)
+        try:
+            staging.rename(root)  # atomic: a concurrent or killed generator never leaves half a set
+        except OSError:
+            if not done_marker.exists():
+                raise
+            import shutil
+
+            shutil.rmtree(staging, ignore_errors=True)
+    return ShapesPaths(
+        root=root,
+        train_pattern=str(root / "train-*.tfrecord"),
+        val_pattern=str(root / "val-*.tfrecord"),
+        label_map={i + 1: name for i, name in enumerate(CLASS_NAMES)},
+    )
