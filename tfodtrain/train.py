@@ -25,6 +25,7 @@ from tfodtrain.config_checks import check_config
 from tfodtrain.exit_codes import UserError
 
 log = logging.getLogger("tfodtrain")
+MIB = 1 << 20
 
 
 class TrainingStopped(Exception):
@@ -244,6 +245,17 @@ def _internal_callbacks():
     return ThroughputMeter(), SignalCheckpoint()
 
 
+def make_sampler(cfg: DictConfig, run_dir: Path, gpus: list):
+    from tfodtrain.callbacks.monitor import MemorySampler
+
+    memory = cfg.memory
+    return MemorySampler(
+        interval_steps=int(memory.interval_steps), run_dir=run_dir,
+        gpu_cap_bytes=int(memory.gpu_limit_mb * MIB) if memory.gpu_limit_mb else None,
+        budget_bytes=int(memory.budget_mb * MIB) if memory.budget_mb else None,
+        watch_host=bool(memory.watch_host), tf_gpus=[f"GPU:{i}" for i in range(len(gpus))])
+
+
 def build_callbacks(cfg: DictConfig, run) -> list:
     from hydra.utils import instantiate
     from hydra.errors import InstantiationException
@@ -260,6 +272,8 @@ def build_callbacks(cfg: DictConfig, run) -> list:
             callback = instantiate(spec)
         except InstantiationException as error:
             cause = error.__cause__ or error
+            if isinstance(cause, UserError):
+                raise cause from None
             raise UserError(f"callbacks.{name}: cannot build {spec['_target_']}: {str(cause).splitlines()[0]}") from None
         if isinstance(callback, RunCallback):
             callback.attach(run)
@@ -290,7 +304,11 @@ def train(cfg: DictConfig) -> dict:
     from official.core import task_factory
 
     tf_keras.utils.set_random_seed(int(cfg.seed))
-    configure_devices(cfg.memory)
+    gpus = configure_devices(cfg.memory)
+    if cfg.memory.kill_over_budget and cfg.memory.budget_mb:
+        from tfodtrain.memory.budget import OomKillerEmulator
+
+        OomKillerEmulator(int(cfg.memory.budget_mb * MIB)).start()
     params = build_experiment(cfg, data)
     if cfg.trainer.mixed_precision:
         tf_keras.mixed_precision.set_global_policy(cfg.trainer.mixed_precision)
@@ -325,6 +343,7 @@ def train(cfg: DictConfig) -> dict:
     run = RunContext(run_dir=run_dir, config=OmegaConf.to_container(cfg, resolve=True), checkpointer=checkpointer,
                      summary_writer=writer, initial_step=initial_step, total_steps=total_steps,
                      steps_per_execution=int(cfg.trainer.steps_per_execution))
+    run.memory = make_sampler(cfg, run_dir, gpus)
     throughput, signals = _internal_callbacks()
     internal = [throughput, signals]
     if cfg.trainer.eval_every:

@@ -1,0 +1,60 @@
+"""The seed's leak, on purpose: every batch's detections kept in a Python list until memory runs out.
+
+Used by `+experiment=leak_demo` to show the guard catching a real leak in a real training run.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from tfodtrain.callbacks.base import RunCallback
+
+
+class KeepDetections(RunCallback):
+    """Runs the detector on a fixed batch after every training batch and appends the detections
+    (its raw class and box outputs, as numpy) to a list that is never cleared.
+
+    The outputs of a small model are small, so each batch's detections are kept `copies` times
+    (separate arrays, as a list of per-image results would be) to reach about `mib_per_step` MiB
+    per step: fast enough that a short demo reaches its memory budget.
+
+    Example:
+        python -m tfodtrain +experiment=leak_demo leak_demo.leak=false   # the same run, leak off
+    """
+
+    def __init__(self, enabled: bool = True, mib_per_step: float = 8.0, images: int = 2, image_size: int = 128):
+        super().__init__()
+        self.enabled = bool(enabled)
+        self.mib_per_step = float(mib_per_step)
+        self.images = int(images)
+        self.image_size = int(image_size)
+        self.kept: list = []
+        self._predict = None
+        self._copies = 1
+
+    def on_train_begin(self, logs=None):
+        if not self.enabled:
+            return
+        import tensorflow as tf
+
+        detector = self.model.detector
+        size = self.image_size
+        batch = tf.random.stateless_uniform([self.images, size, size, 3], seed=[1, 2])
+        self._predict = tf.function(lambda: detector(batch, training=True))
+        nbytes = sum(t.numpy().nbytes for t in tf.nest.flatten(self._raw_outputs()))
+        self._copies = max(1, math.ceil(self.mib_per_step * (1 << 20) / max(nbytes, 1)))
+
+    def _raw_outputs(self):
+        outputs = self._predict()
+        return {"cls_outputs": outputs["cls_outputs"], "box_outputs": outputs["box_outputs"]}
+
+    def on_train_batch_end(self, batch, logs=None):
+        if not self.enabled:
+            return
+        import tensorflow as tf
+
+        arrays = [t.numpy() for t in tf.nest.flatten(self._raw_outputs())]
+        for _ in range(self._copies):
+            self.kept.append([np.array(a, copy=True) for a in arrays])

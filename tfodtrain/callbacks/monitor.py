@@ -1,0 +1,249 @@
+"""Memory telemetry: one shared reading per interval, logged to TensorBoard and the run dir.
+
+What each pool's *used* and *limit* mean (the figures the guard watches):
+
+| pool      | used                                                  | limit                                                   |
+|-----------|-------------------------------------------------------|---------------------------------------------------------|
+| `gpuN`    | TensorFlow's allocator in-use bytes (`current`)       | the `memory.gpu_limit_mb` cap, else what the card leaves |
+|           | (NVML's per-process bytes when TensorFlow has no GPU) | us (NVML total minus other processes and the driver)    |
+| `host`    | RSS of this process and its children                  | the cgroup limit, else physical memory                  |
+
+`memory.budget_mb` lowers every limit to the budget. NVML's per-process bytes are logged beside the
+allocator's figure as the cross-check (they include the CUDA context and the allocator's free pool).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from pathlib import Path
+
+from tfodtrain.callbacks.base import RunCallback
+from tfodtrain.memory import probes
+from tfodtrain.memory.traces import TraceWriter, read_trace
+
+log = logging.getLogger(__name__)
+MIB = float(1 << 20)
+GIB = float(1 << 30)
+
+
+@dataclasses.dataclass
+class PoolReading:
+    pool: str
+    used_bytes: int
+    limit_bytes: int | None
+    extra_mib: dict  # other figures of this pool, in MiB, for TensorBoard (tag suffix -> value)
+
+
+@dataclasses.dataclass
+class MemorySample:
+    step: int
+    time_s: float  # seconds since the run first started (continues across resumes)
+    pools: dict  # pool name -> PoolReading
+    raw: dict  # every probe's fields, for memory_readings.jsonl
+
+    def guard_readings(self):
+        """(pool, step, time_s, used, limit) for every pool with a known limit."""
+        return [(p.pool, self.step, self.time_s, p.used_bytes, p.limit_bytes)
+                for p in self.pools.values() if p.limit_bytes]
+
+
+class MemorySampler:
+    """Reads every pool at most once per step, every `interval_steps`, for the monitor and the guard.
+
+    It is the one owner of `tf.config.experimental.reset_memory_stats`: each reading's `tf_peak` is the
+    allocator's peak since the previous reading, wherever it is shown.
+
+    Example:
+        >>> sampler = MemorySampler(interval_steps=10, run_dir=run_dir)
+        >>> sample = sampler.sample_if_due(step=120, steps_per_execution=1)   # None between intervals
+    """
+
+    def __init__(self, interval_steps: int, run_dir: Path, gpu_cap_bytes: int | None = None,
+                 budget_bytes: int | None = None, watch_host: bool = True, tf_gpus: list[str] | None = None,
+                 host_probe: probes.HostProbe | None = None, nvml_probe: probes.NvmlProbe | None = None):
+        self.interval_steps = int(interval_steps)
+        self.run_dir = Path(run_dir)
+        self.gpu_cap_bytes = gpu_cap_bytes
+        self.budget_bytes = budget_bytes
+        self.watch_host = watch_host
+        self.tf_gpus = list(tf_gpus or [])
+        default_host, default_nvml = probes.default_probes()
+        self.host_probe = host_probe or default_host
+        self.nvml_probe = nvml_probe or default_nvml
+        self.last: MemorySample | None = None
+        self._clock_start = time.monotonic() - self._previous_time_s()
+
+    def _previous_time_s(self) -> float:
+        """A resumed run continues the time axis of the traces it appends to."""
+        latest = 0.0
+        for path in self.run_dir.glob("memory_trace_*.csv"):
+            try:
+                for row in read_trace(path):
+                    latest = max(latest, row.time_s)
+            except (OSError, ValueError):
+                continue
+        return latest
+
+    def is_due(self, step: int, steps_per_execution: int = 1) -> bool:
+        return step // self.interval_steps != (step - steps_per_execution) // self.interval_steps
+
+    def sample_if_due(self, step: int, steps_per_execution: int = 1) -> MemorySample | None:
+        if self.last is not None and self.last.step == step:
+            return self.last
+        if not self.is_due(step, steps_per_execution):
+            return None
+        return self.sample(step)
+
+    def _cap(self, limit: int | None) -> int | None:
+        if self.budget_bytes is None:
+            return limit
+        return self.budget_bytes if limit is None else min(limit, self.budget_bytes)
+
+    def _tf_allocator(self) -> dict:
+        if not self.tf_gpus:
+            return {}
+        import tensorflow as tf
+
+        stats = {}
+        for index, name in enumerate(self.tf_gpus):
+            try:
+                info = tf.config.experimental.get_memory_info(name)
+                tf.config.experimental.reset_memory_stats(name)
+            except (ValueError, RuntimeError) as error:
+                log.warning("TensorFlow allocator stats of %s failed: %s", name, error)
+                continue
+            stats[f"gpu{index}"] = {"current_bytes": int(info["current"]), "peak_bytes": int(info["peak"])}
+        return stats
+
+    def sample(self, step: int) -> MemorySample:
+        time_s = time.monotonic() - self._clock_start
+        host = self.host_probe.read()
+        gpus = self.nvml_probe.read()
+        allocator = self._tf_allocator()
+        pools = {}
+        for gpu in gpus:
+            if not gpu.ok:
+                continue
+            tf_stats = allocator.get(gpu.pool)
+            limit = self.gpu_cap_bytes if (self.gpu_cap_bytes and tf_stats) else probes.gpu_limit_bytes(gpu)
+            used = tf_stats["current_bytes"] if tf_stats else gpu.process_bytes
+            if used is None:
+                continue
+            extra = {"nvml_process_mib": (gpu.process_bytes or 0) / MIB,
+                     "nvml_other_processes_mib": (gpu.other_processes_bytes or 0) / MIB,
+                     "nvml_card_used_mib": (gpu.used_bytes or 0) / MIB,
+                     "utilization_percent": float(gpu.utilization_gpu_percent or 0)}
+            if tf_stats:
+                extra["tf_peak_mib"] = tf_stats["peak_bytes"] / MIB
+            pools[gpu.pool] = PoolReading(gpu.pool, int(used), self._cap(limit), extra)
+        for pool, stats in allocator.items():  # a TF GPU that NVML cannot see: the cap is its limit
+            if pool not in pools:
+                pools[pool] = PoolReading(pool, stats["current_bytes"], self._cap(self.gpu_cap_bytes),
+                                          {"tf_peak_mib": stats["peak_bytes"] / MIB})
+        if self.watch_host:
+            extra = {"rss_mib": host.rss_bytes / MIB, "available_mib": host.system_available_bytes / MIB}
+            if host.cgroup_usage_bytes is not None:
+                extra["cgroup_usage_mib"] = host.cgroup_usage_bytes / MIB
+            pools["host"] = PoolReading("host", host.process_tree_rss_bytes, self._cap(probes.host_limit_bytes(host)),
+                                        extra)
+        raw = {"step": step, "time_s": round(time_s, 3), "time_unix": time.time(), "host": host.to_dict(),
+               "gpus": [g.to_dict() for g in gpus], "tf_allocator": allocator,
+               "pools": {p.pool: {"used_bytes": p.used_bytes, "limit_bytes": p.limit_bytes} for p in pools.values()}}
+        self.last = MemorySample(step, time_s, pools, raw)
+        return self.last
+
+    def describe_pools(self) -> list[str]:
+        """`gpu0 3.1/79.2 GiB` for each pool of the latest reading (progress lines)."""
+        if self.last is None:
+            return []
+        parts = []
+        for p in self.last.pools.values():
+            limit = f"{p.limit_bytes / GIB:.1f}" if p.limit_bytes else "?"
+            parts.append(f"{p.pool} {p.used_bytes / GIB:.2f}/{limit} GiB")
+        return parts
+
+
+def custom_scalars_layout(pools):
+    """TensorBoard custom-scalars layout: one chart per pool with used, limit and peak together."""
+    from tensorboard.plugins.custom_scalar import layout_pb2
+
+    charts = [
+        layout_pb2.Chart(
+            title=f"{pool}: used vs limit (MiB)",
+            multiline=layout_pb2.MultilineChartContent(
+                tag=[rf"memory/{pool}/(used|limit|tf_peak)_mib"]),
+        )
+        for pool in pools
+    ]
+    return layout_pb2.Layout(category=[layout_pb2.Category(title="Memory", chart=charts)])
+
+
+class MemoryMonitor(RunCallback):
+    """Logs every memory reading: TensorBoard scalars, `memory_trace_<pool>.csv`, `memory_readings.jsonl`.
+
+    TensorBoard tags (MiB), per pool (`gpu0`, `gpu1`, ..., `host`):
+        memory/<pool>/used_mib, memory/<pool>/limit_mib         the figures the guard watches
+        memory/gpuN/tf_peak_mib                                 allocator peak since the previous reading
+        memory/gpuN/nvml_process_mib, nvml_other_processes_mib, nvml_card_used_mib, utilization_percent
+        memory/host/rss_mib, available_mib, cgroup_usage_mib
+    and a custom-scalars layout ("Memory": used vs limit on one chart per pool).
+
+    Example:
+        python -m tfodtrain +experiment=ssd memory.interval_steps=20
+    """
+
+    def __init__(self, write_traces: bool = True):
+        super().__init__()
+        self.write_traces = write_traces
+        self._writers: dict[str, TraceWriter] = {}
+        self._jsonl = None
+        self._layout_pools: tuple = ()
+
+    def on_train_begin(self, logs=None):
+        if self.write_traces:
+            self._jsonl = open(self.run.run_dir / "memory_readings.jsonl", "a", encoding="utf-8")
+
+    def on_train_batch_end(self, batch, logs=None):
+        sample = self.run.memory.sample_if_due(self.run.step_of(batch), self.run.steps_per_execution)
+        if sample is not None:
+            self.record(sample)
+
+    def record(self, sample: MemorySample) -> None:
+        import tensorflow as tf
+
+        writer = self.run.summary_writer
+        pools = tuple(sorted(sample.pools))
+        with writer.as_default(step=sample.step):
+            if pools != self._layout_pools:
+                from tensorboard.plugins.custom_scalar import summary as cs_summary
+
+                tf.summary.experimental.write_raw_pb(
+                    cs_summary.pb(custom_scalars_layout(pools)).SerializeToString(), step=sample.step)
+                self._layout_pools = pools
+            for p in sample.pools.values():
+                tf.summary.scalar(f"memory/{p.pool}/used_mib", p.used_bytes / MIB)
+                if p.limit_bytes:
+                    tf.summary.scalar(f"memory/{p.pool}/limit_mib", p.limit_bytes / MIB)
+                for name, value in p.extra_mib.items():
+                    tf.summary.scalar(f"memory/{p.pool}/{name}", value)
+        if not self.write_traces:
+            return
+        for p in sample.pools.values():
+            if p.limit_bytes:
+                if p.pool not in self._writers:
+                    self._writers[p.pool] = TraceWriter(self.run.run_dir / f"memory_trace_{p.pool}.csv")
+                self._writers[p.pool].append(sample.step, sample.time_s, p.used_bytes, p.limit_bytes)
+        self._jsonl.write(json.dumps(sample.raw, default=str) + "\n")
+        self._jsonl.flush()
+
+    def on_train_end(self, logs=None):
+        for writer in self._writers.values():
+            writer.close()
+        self._writers.clear()
+        if self._jsonl is not None:
+            self._jsonl.close()
+            self._jsonl = None
+        self.run.summary_writer.flush()
