@@ -1,0 +1,79 @@
+"""The leak guard: one trend detector and one policy per memory pool, one decision per reading.
+
+This is what the training callback calls at every reading and what the replay tool runs on
+recorded traces, with the same settings, so a replay shows what the callback would have done.
+
+Example::
+
+    guard = MemoryGuard(GuardSettings())
+    decision = guard.observe("gpu0", step=1200, time_s=905.2, used_bytes=31 << 30, limit_bytes=80 << 30)
+    decision = guard.observe_many([("gpu0", 1200, 905.2, 31 << 30, 80 << 30),
+                                   ("host", 1200, 905.2, 9 << 30, 64 << 30)])
+    if decision.action == "abort":
+        ...  # checkpoint, log decision.reason, exit 75
+"""
+
+from __future__ import annotations
+
+from typing import Dict, Iterable, Optional, Tuple
+
+from tfodtrain.memory.detector import Assessment, TrendDetector
+from tfodtrain.memory.policy import Decision, GuardPolicy, GuardSettings
+
+Reading = Tuple[str, int, float, int, int]  # pool, step, time_s, used_bytes, limit_bytes
+
+
+class MemoryGuard:
+    """Watch any number of memory pools; a pool's detector is created when it is first seen.
+
+    ``assessments`` keeps the last assessment of every pool (for reports and logs).
+    """
+
+    def __init__(self, settings: Optional[GuardSettings] = None):
+        self.settings = settings or GuardSettings()
+        self.detectors: Dict[str, TrendDetector] = {}
+        self.policies: Dict[str, GuardPolicy] = {}
+        self.assessments: Dict[str, Assessment] = {}
+
+    def _detector(self, pool: str) -> TrendDetector:
+        detector = self.detectors.get(pool)
+        if detector is None:
+            s = self.settings
+            detector = TrendDetector(
+                pool, chunk_seconds=s.chunk_seconds, window_chunks=s.window_chunks,
+                warmup_steps=s.warmup_steps, warmup_s=s.warmup_s, alpha=1.0 - s.confidence,
+                sustain_ratio=s.sustain_ratio, min_readings=s.min_readings)
+            self.detectors[pool] = detector
+            self.policies[pool] = GuardPolicy(s)
+        return detector
+
+    def observe(self, pool: str, step: int, time_s: float, used_bytes: int, limit_bytes: int) -> Decision:
+        """Feed one reading of one pool; returns the decision for that pool."""
+        if self.settings.mode == "off":
+            return Decision("ok", "", None, pool)
+        assessment = self._detector(pool).update(step, time_s, used_bytes, limit_bytes)
+        self.assessments[pool] = assessment
+        return self.policies[pool].decide(assessment)
+
+    def observe_many(self, readings: Iterable[Reading]) -> Decision:
+        """Feed one reading per pool (same step); returns the most urgent decision: abort over
+        warn over ok, and among equals the pool projected to run out first."""
+        best: Optional[Decision] = None
+        for pool, step, time_s, used_bytes, limit_bytes in readings:
+            decision = self.observe(pool, step, time_s, used_bytes, limit_bytes)
+            if best is None or _more_urgent(decision, best):
+                best = decision
+        return best if best is not None else Decision()
+
+
+def _more_urgent(a: Decision, b: Decision) -> bool:
+    if a.urgency != b.urgency:
+        return a.urgency > b.urgency
+    return _seconds_left(a) < _seconds_left(b)
+
+
+def _seconds_left(decision: Decision) -> float:
+    a = decision.assessment
+    if a is None or a.seconds_to_limit is None:
+        return float("inf")
+    return a.seconds_to_limit

@@ -1,0 +1,235 @@
+"""Guard settings and the policy that turns an assessment into an action.
+
+The detector (``detector.py``) says what memory does; the policy says what to do about it:
+``ok``, ``warn`` or ``abort`` (checkpoint and exit 75). Keeping the two apart lets the action
+rules change without touching the statistics.
+
+Example::
+
+    settings = GuardSettings.from_mapping({"mode": "warn", "horizon_s": 1200})
+    policy = GuardPolicy(settings)
+    decision = policy.decide(assessment)
+    if decision.action == "abort":
+        save_checkpoint_and_exit(75, decision.reason)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Optional, Tuple
+
+from tfodtrain.memory.detector import DEFAULT_CHUNK_SECONDS, DEFAULT_WINDOW_CHUNKS, Assessment
+
+MODES = ("abort", "warn", "off")
+ACTIONS = ("ok", "warn", "abort")
+GIB = float(1 << 30)
+MIB = float(1 << 20)
+
+
+@dataclass(frozen=True)
+class GuardSettings:
+    """How the leak guard watches memory and when it acts. The defaults suit long GPU runs.
+
+    Example: ``GuardSettings(mode="warn", horizon_s=1800)``
+    """
+
+    mode: str = "abort"
+    """``abort``: checkpoint and exit 75 when a leak would exhaust memory within ``horizon_s``;
+    ``warn``: only log; ``off``: watch nothing."""
+    warmup_s: float = 600.0
+    """Seconds from the start of the run during which readings are ignored (allocator warm-up)."""
+    warmup_steps: int = 0
+    """Steps during which readings are ignored; both warm-ups must pass."""
+    min_readings: int = 30
+    """Readings after the warm-up before any decision."""
+    chunk_seconds: Tuple[float, ...] = DEFAULT_CHUNK_SECONDS
+    """Chunk length of each window, seconds; one window per value (short ones react to fast
+    leaks, long ones see slow leaks and rare stairs)."""
+    window_chunks: int = DEFAULT_WINDOW_CHUNKS
+    """Chunks per window (its size): a window spans ``window_chunks * chunk_seconds``."""
+    confidence: float = 0.999
+    """Confidence the Mann-Kendall test needs to call the floor growing (p <= 1 - confidence)."""
+    sustain_ratio: float = 0.2
+    """The smaller of the two rises across the window's thirds must be at least this fraction
+    of the larger one (a one-time step up raises only one)."""
+    horizon_s: float = 900.0
+    """Abort when memory is projected to reach the limit within this many seconds."""
+    warn_horizon_s: float = 3600.0
+    """Warn when memory is projected to reach the limit within this many seconds."""
+    warn_every_s: float = 600.0
+    """A warning for a pool is repeated at most this often (unless its action changes)."""
+    on_abort_command: Optional[str] = None
+    """Shell command the training callback runs after the abort checkpoint (e.g. a notifier)."""
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"leak guard: mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        if not 0.5 <= self.confidence < 1:
+            raise ValueError(f"leak guard: confidence must be in [0.5, 1), e.g. 0.999, got {self.confidence!r}")
+        if not 0 < self.sustain_ratio <= 1:
+            raise ValueError(f"leak guard: sustain_ratio must be in (0, 1], got {self.sustain_ratio!r}")
+        if self.window_chunks < 6:
+            raise ValueError(f"leak guard: window_chunks must be at least 6, got {self.window_chunks!r}")
+        if not self.chunk_seconds or any(s <= 0 for s in self.chunk_seconds):
+            raise ValueError("leak guard: chunk_seconds must be a non-empty list of positive seconds, "
+                             f"e.g. [60, 240, 960], got {list(self.chunk_seconds)!r}")
+        for name in ("warmup_s", "warmup_steps", "min_readings", "horizon_s", "warn_horizon_s", "warn_every_s"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"leak guard: {name} must be >= 0, got {getattr(self, name)!r}")
+        if self.warn_horizon_s < self.horizon_s:
+            raise ValueError(f"leak guard: warn_horizon_s ({self.warn_horizon_s}) must be >= horizon_s "
+                             f"({self.horizon_s}): the warning comes before the abort")
+
+    @classmethod
+    def from_mapping(cls, values: Optional[Mapping[str, Any]]) -> "GuardSettings":
+        """Settings from a plain mapping (a config section); unknown keys and bad values raise a
+        one-line ``ValueError`` that names the key and what it accepts.
+
+        Example: ``GuardSettings.from_mapping({"mode": "warn", "chunk_seconds": [60, 300]})``
+        """
+        values = dict(values or {})
+        known = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - set(known))
+        if unknown:
+            raise ValueError(f"leak guard: unknown setting '{unknown[0]}'; known settings: {', '.join(known)}")
+        converted = {name: _convert(name, value, known[name].default) for name, value in values.items()}
+        return cls(**converted)
+
+    def to_dict(self) -> dict:
+        data = dataclasses.asdict(self)
+        data["chunk_seconds"] = list(self.chunk_seconds)
+        return data
+
+
+def _convert(name: str, value: Any, default: Any) -> Any:
+    """Check one value against the type of its default; say what is expected if it does not fit."""
+    if name == "on_abort_command":
+        if value is None or isinstance(value, str):
+            return value or None
+        raise ValueError(f"leak guard: on_abort_command must be a shell command string or null, got {value!r}")
+    if name == "mode":
+        if isinstance(value, str) and value.strip().lower() in MODES:
+            return value.strip().lower()
+        raise ValueError(f"leak guard: mode must be one of {', '.join(MODES)}, got {value!r}")
+    if name == "chunk_seconds":
+        items = value if isinstance(value, (list, tuple)) else [value]
+        try:
+            return tuple(_number(name, item, float) for item in items)
+        except ValueError:
+            raise ValueError("leak guard: chunk_seconds must be a list of positive seconds, e.g. [60, 240, 960], "
+                             f"got {value!r}") from None
+    kind = int if isinstance(default, int) else float
+    return _number(name, value, kind)
+
+
+def _number(name: str, value: Any, kind: type) -> Any:
+    if isinstance(value, bool):
+        raise ValueError(f"leak guard: {name} must be a {'whole ' if kind is int else ''}number, got {value!r}")
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            raise ValueError(f"leak guard: {name} must be a number, got {value!r}") from None
+    if not isinstance(value, (int, float)) or value != value:
+        raise ValueError(f"leak guard: {name} must be a number, got {value!r}")
+    if kind is int:
+        if float(value) != int(value):
+            raise ValueError(f"leak guard: {name} must be a whole number, got {value!r}")
+        return int(value)
+    return float(value)
+
+
+@dataclass
+class Decision:
+    """What the guard wants done now, and why (the reason names the pool)."""
+
+    action: str = "ok"  # ok | warn | abort
+    reason: str = ""
+    assessment: Optional[Assessment] = field(default=None, repr=False)
+    pool: Optional[str] = None
+
+    @property
+    def urgency(self) -> int:
+        return ACTIONS.index(self.action)
+
+    def to_dict(self) -> dict:
+        return {"action": self.action, "reason": self.reason, "pool": self.pool,
+                "assessment": self.assessment.to_dict() if self.assessment else None}
+
+
+class GuardPolicy:
+    """Turn assessments into decisions; one policy per pool (it remembers what it last said).
+
+    ``abort`` when memory grows (with the configured confidence, sustained) and the projected
+    exhaustion, peaks included, is within ``horizon_s``; ``warn`` within ``warn_horizon_s``, at
+    most every ``warn_every_s`` unless the action changes. Warn mode never aborts; off never acts.
+    """
+
+    def __init__(self, settings: Optional[GuardSettings] = None):
+        self.settings = settings or GuardSettings()
+        self._last_action = "ok"
+        self._last_warn_time: Optional[float] = None
+
+    def decide(self, assessment: Assessment) -> Decision:
+        s = self.settings
+        decision = Decision("ok", "", assessment, assessment.pool)
+        if s.mode == "off" or not assessment.growing or assessment.seconds_to_limit is None:
+            self._last_action = "ok"
+            return decision
+        seconds = assessment.seconds_to_limit
+        if seconds <= s.horizon_s:
+            action = "abort" if s.mode == "abort" else "warn"
+            horizon = s.horizon_s
+        elif seconds <= s.warn_horizon_s:
+            action, horizon = "warn", s.warn_horizon_s
+        else:
+            self._last_action = "ok"
+            return decision
+        if action == "warn" and not self._warning_due(assessment.time_s):
+            self._last_action = action
+            return decision
+        self._last_action = action
+        decision.action = action
+        decision.reason = describe(assessment, horizon)
+        return decision
+
+    def _warning_due(self, time_s: float) -> bool:
+        """A warning is due when the pool was fine before, or the last one is old enough."""
+        due = (self._last_action != "warn" or self._last_warn_time is None
+               or time_s - self._last_warn_time >= self.settings.warn_every_s)
+        if due:
+            self._last_warn_time = time_s
+        return due
+
+
+def describe(a: Assessment, horizon_s: float) -> str:
+    """One sentence, naming the pool: how fast memory grows and when it would run out.
+
+    Example: ``gpu0: memory grows 3.1 MiB/step (p<0.001); projected to reach the 80.0 GiB limit
+    at step 27010 in 9.5 min (< 15 min horizon)``
+    """
+    p = "p<0.001" if a.trend_p_value < 0.001 else f"p={a.trend_p_value:.3f}"
+    growth = f"{_bytes(a.slope_bytes_per_step)}/step" if a.slope_bytes_per_step else \
+        f"{_bytes(a.slope_bytes_per_second * 60)}/min"
+    at_step = f" at step {a.projected_exhaustion_step}" if a.projected_exhaustion_step is not None else ""
+    return (f"{a.pool}: memory grows {growth} ({p}); projected to reach the {a.limit_bytes / GIB:.1f} GiB limit"
+            f"{at_step} in {_duration(a.seconds_to_limit)} (< {_duration(horizon_s)} horizon); "
+            f"now {a.used_bytes / GIB:.1f} GiB, peaks reach {a.peak_headroom_bytes / GIB:.1f} GiB above the floor")
+
+
+def _bytes(n: float) -> str:
+    if abs(n) >= GIB:
+        return f"{n / GIB:.2f} GiB"
+    if abs(n) >= MIB / 10:
+        return f"{n / MIB:.1f} MiB"
+    return f"{n / 1024:.1f} KiB"
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 2 * 3600:
+        minutes = seconds / 60
+        return f"{minutes:.0f} min" if minutes == int(minutes) else f"{minutes:.1f} min"
+    return f"{seconds / 3600:.1f} h"

@@ -1,0 +1,380 @@
+"""Generate realistic memory traces of long training runs, healthy and leaking, with labels.
+
+The traces test the leak guard on runs it has never seen. Each is a sum of parts drawn at random
+(seeded, deterministic): an allocator warm-up ramp, a plateau with slow wander, reading noise and
+the shape of its kind; leaks end at the first reading at or above the limit, as a killed run's
+trace does. Magnitudes follow what long object-detection runs show: limits of 16-80 GiB, noise of
+a few tenths of a GiB, evaluation spikes of a few GiB, gc sawtooth with periods of minutes, and
+leaks that take hours to kill the run.
+
+Kinds (``HEALTHY_KINDS``, ``LEAK_KINDS``) and mixtures: with ``mixtures=True`` a trace may also get
+noisier readings, evaluation spikes or a sawtooth on top, stray single-reading outliers, jittered
+step times and evaluation pauses; ``leak_stops`` is a leak that stops by itself well below the limit
+(healthy).
+
+Example::
+
+    traces = generate_set(60, seed=7)        # every kind at least once, then mixtures
+    write_set("/tmp/unseen", traces)          # CSVs + labels.json {file: {kind, leak, oom_step}}
+
+    python -m tfodtrain.memory.tracegen OUT_DIR --n 60 --seed 7
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import sys
+from dataclasses import dataclass, field
+from typing import Callable, List, Optional
+
+from tfodtrain.memory.traces import TraceRow, write_trace
+
+GIB = float(1 << 30)
+MIB = 1 << 20
+HOUR = 3600.0
+
+HEALTHY_KINDS = (
+    "plateau", "allocator_staircase", "eval_spikes", "gc_sawtooth", "high_plateau", "cache_fill",
+    "one_time_step", "leak_stops",
+)
+LEAK_KINDS = (
+    "linear_leak", "late_leak", "staircase_leak", "leak_under_sawtooth", "accelerating_leak", "slow_leak",
+)
+ALL_KINDS = HEALTHY_KINDS + LEAK_KINDS
+
+# A part of the memory curve: GiB added at (step, time_s).
+Part = Callable[[int, float], float]
+
+
+@dataclass
+class GeneratedTrace:
+    """One generated run: its rows and its label."""
+
+    name: str
+    kind: str
+    leak: bool
+    oom_step: Optional[int]
+    rows: List[TraceRow] = field(repr=False)
+
+    def label(self) -> dict:
+        return {"kind": self.kind, "leak": self.leak, "oom_step": self.oom_step}
+
+
+class _Run:
+    """The common frame of a run: limit, pace, readings, noise, and its memory parts."""
+
+    def __init__(self, rng: random.Random, noise_scale: float = 1.0):
+        self.rng = rng
+        self.limit = rng.choice((16, 24, 32, 40, 48, 64, 80))  # GiB
+        self.seconds_per_step = math.exp(rng.uniform(math.log(0.15), math.log(2.0)))
+        self.hours = rng.uniform(3.0, 14.0)  # planned training length
+        self.total_steps = int(self.hours * HOUR / self.seconds_per_step)
+        self.read_every = self._reading_interval()
+        # Reading noise grows with the card: ~0.07 GiB on 24 GiB, ~0.27 GiB on 80 GiB.
+        self.noise = self.limit * rng.uniform(0.0018, 0.0045) * noise_scale
+        self.base = self.limit * rng.uniform(0.15, 0.65)
+        self.parts: List[Part] = []
+        self.outlier_rate = 0.0
+        self.step_jitter = 0.0
+        self.eval_pause = None  # (every_steps, seconds)
+        self.kind_tags: List[str] = []
+        self.peak_extra = 0.0  # GiB that spikes or sawtooth mixed in on top reach above the floor
+        self._add_warmup_ramp()
+        self._add_wander()
+
+    def _reading_interval(self) -> int:
+        choices = [k for k in (5, 10, 20, 25, 50, 100) if 800 <= self.total_steps / k <= 9000]
+        return self.rng.choice(choices or [max(5, int(self.total_steps / 6000) // 5 * 5)])
+
+    def steps_for(self, seconds: float) -> int:
+        return max(1, int(seconds / self.seconds_per_step))
+
+    def _add_warmup_ramp(self) -> None:
+        # The allocator grows into the working set in the first minutes: base * (1 - e^(-t/tau)).
+        tau = self.rng.uniform(30.0, 120.0)
+        start = self.rng.uniform(0.02, 0.3)
+        self.parts.append(lambda step, t, b=self.base_level: -(b() * (1 - start)) * math.exp(-t / tau))
+
+    def base_level(self) -> float:
+        return self.base
+
+    def _add_wander(self) -> None:
+        # Fragmentation and batch-shape changes make plateaus drift slowly by a fraction of a GiB.
+        amp = self.wander = self.limit * self.rng.uniform(0.0, 0.006)
+        period = self.rng.uniform(1.0, 5.0) * HOUR
+        phase = self.rng.uniform(0, 2 * math.pi)
+        self.parts.append(lambda step, t: amp * math.sin(2 * math.pi * t / period + phase))
+
+    def level(self, step: int, t: float) -> float:
+        return self.base + sum(part(step, t) for part in self.parts)
+
+    def simulate(self, until_death: bool) -> tuple[list[TraceRow], Optional[int]]:
+        """Readings every ``read_every`` steps; stop at the first reading at or over the limit."""
+        rng = self.rng
+        rows: list[TraceRow] = []
+        limit_bytes = int(self.limit * GIB)
+        t = rng.uniform(8.0, 40.0)  # start-up before the first step
+        step = 0
+        last_step = self.total_steps * (4 if until_death else 1)
+        while step + self.read_every <= last_step:
+            step += self.read_every
+            t += self.read_every * self.seconds_per_step * max(0.5, 1 + rng.gauss(0, self.step_jitter))
+            if self.eval_pause and step % self.eval_pause[0] < self.read_every:
+                t += self.eval_pause[1] * rng.uniform(0.8, 1.2)
+            used = self.level(step, t) + rng.gauss(0, self.noise)
+            if self.outlier_rate and rng.random() < self.outlier_rate:
+                used += rng.choice((-1, 1)) * rng.uniform(4, 12) * self.noise
+            used_bytes = max(MIB, int(used * GIB) // MIB * MIB)
+            rows.append(TraceRow(step, round(t, 2), used_bytes, limit_bytes))
+            if used_bytes >= limit_bytes:
+                return rows, step
+        return rows, None
+
+
+# ----------------------------------------------------------------------------------------------
+# Shapes. Each adds parts to the run; leak shapes aim to kill the run after `hours_to_death`.
+
+
+def _headroom(run: _Run, extra: float = 0.0) -> float:
+    """GiB between the plateau (plus peaks) and the limit."""
+    return run.limit - run.base - extra - run.peak_extra - 4 * run.noise
+
+
+def _add_eval_spikes(run: _Run, height_frac=(0.04, 0.2)) -> float:
+    rng = run.rng
+    every = run.steps_for(rng.uniform(10, 120) * 60)
+    every = max(every, 3 * run.read_every)
+    height = run.limit * rng.uniform(*height_frac)
+    length = run.read_every * rng.randint(1, 4)
+    if rng.random() < 0.3:  # a long evaluation: memory stays up for minutes
+        length = max(length, run.steps_for(rng.uniform(60, 600)))
+    every = max(every, 3 * length)
+    offset = rng.randint(0, every)
+    run.parts.append(lambda step, t: height if (step + offset) % every < length else 0.0)
+    return height
+
+
+def _add_sawtooth(run: _Run, amp_frac=(0.03, 0.1)) -> float:
+    rng = run.rng
+    period = max(4 * run.read_every, run.steps_for(rng.uniform(3, 40) * 60))
+    amp = run.limit * rng.uniform(*amp_frac)
+    offset = rng.randint(0, period)
+    run.parts.append(lambda step, t: amp * (((step + offset) % period) / period))
+    return amp
+
+
+def _linear_leak(run: _Run, start_step: int, hours_to_death: float, reserve: float = 0.0) -> None:
+    steps = run.steps_for(hours_to_death * HOUR)
+    rate = max(_headroom(run, reserve), 0.05 * run.limit) / steps
+    run.parts.append(lambda step, t: rate * max(0, step - start_step))
+
+
+def shape_plateau(run: _Run) -> bool:
+    return False
+
+
+def shape_allocator_staircase(run: _Run) -> bool:
+    # BFC-style region growth: a few jumps in the first quarter hour to ~40 min, then flat.
+    rng = run.rng
+    n = rng.randint(2, 5)
+    end_s = rng.uniform(15, 40) * 60
+    times = sorted(rng.uniform(300, end_s) for _ in range(n))
+    total = run.base * rng.uniform(0.15, 0.45)
+    weights = [rng.uniform(0.5, 1.5) for _ in range(n)]
+    sizes = [total * w / sum(weights) for w in weights]
+    run.parts.append(lambda step, t: -sum(s for tt, s in zip(times, sizes) if t < tt))
+    return False
+
+
+def shape_eval_spikes(run: _Run) -> bool:
+    _add_eval_spikes(run, (0.06, 0.25))
+    return False
+
+
+def shape_gc_sawtooth(run: _Run) -> bool:
+    _add_sawtooth(run, (0.04, 0.12))
+    return False
+
+
+def shape_high_plateau(run: _Run) -> bool:
+    # Stable close to the limit: its noise peaks and slow wander stay below it.
+    margin = max(7 * run.noise, run.limit * run.rng.uniform(0.015, 0.05)) + 2 * run.wander + run.peak_extra
+    run.base = run.limit - margin
+    return False
+
+
+def shape_cache_fill(run: _Run) -> bool:
+    rng = run.rng
+    size = run.limit * rng.uniform(0.08, 0.3)
+    tau = run.steps_for(rng.uniform(0.4, 3.0) * HOUR)
+    run.base = min(run.base, run.limit - size - run.peak_extra - 10 * run.noise - 0.05 * run.limit)
+    run.parts.append(lambda step, t: size * (1 - math.exp(-step / tau)))
+    return False
+
+
+def shape_one_time_step(run: _Run) -> bool:
+    rng = run.rng
+    at = int(run.total_steps * rng.uniform(0.15, 0.8))
+    height = run.limit * rng.uniform(0.05, 0.3)
+    run.base = min(run.base, run.limit - height - run.peak_extra - 10 * run.noise - 0.03 * run.limit)
+    run.parts.append(lambda step, t: height if step >= at else 0.0)
+    return False
+
+
+def shape_leak_stops(run: _Run) -> bool:
+    # A leak that stops by itself (a cache without a bound that is finally bounded, a queue that
+    # drains): it stops with at least an hour and a half of its own growth left before the limit.
+    rng = run.rng
+    start = int(run.total_steps * rng.uniform(0.05, 0.4))
+    hours_to_death = rng.uniform(2.5, 10.0)
+    steps = run.steps_for(hours_to_death * HOUR)
+    rate = _headroom(run) / steps
+    margin_steps = run.steps_for(rng.uniform(1.5, 3.0) * HOUR)
+    stop_level = min(_headroom(run) - rate * margin_steps, _headroom(run) * rng.uniform(0.2, 0.6))
+    stop_level = max(stop_level, 0.02 * run.limit)
+    run.parts.append(lambda step, t: min(stop_level, rate * max(0, step - start)))
+    return False
+
+
+def shape_linear_leak(run: _Run) -> bool:
+    _linear_leak(run, run.steps_for(300), run.rng.uniform(1.5, 10.0))
+    return True
+
+
+def shape_late_leak(run: _Run) -> bool:
+    _linear_leak(run, int(run.total_steps * run.rng.uniform(0.3, 0.7)), run.rng.uniform(1.0, 6.0))
+    return True
+
+
+def shape_staircase_leak(run: _Run) -> bool:
+    # Memory held once per evaluation (kept detections): a stair every interval, 4-12 to death.
+    rng = run.rng
+    every = run.steps_for(rng.uniform(10, 60) * 60)
+    stairs = rng.randint(5, 14)
+    height = max(_headroom(run), 0.1 * run.limit) / stairs
+    start = int(run.total_steps * rng.uniform(0.0, 0.4)) + run.steps_for(600)
+    run.parts.append(lambda step, t: height * max(0, (step - start) // every + 1) if step >= start else 0.0)
+    return True
+
+
+def shape_leak_under_sawtooth(run: _Run) -> bool:
+    amp = _add_sawtooth(run, (0.03, 0.08))
+    _linear_leak(run, run.steps_for(300), run.rng.uniform(2.0, 12.0), reserve=amp)
+    return True
+
+
+def shape_accelerating_leak(run: _Run) -> bool:
+    rng = run.rng
+    start = int(run.total_steps * rng.uniform(0.05, 0.4))
+    power = rng.uniform(1.5, 3.0)
+    steps = run.steps_for(rng.uniform(2.0, 8.0) * HOUR)
+    scale = max(_headroom(run), 0.05 * run.limit)
+    run.parts.append(lambda step, t: scale * (max(0, step - start) / steps) ** power)
+    return True
+
+
+def shape_slow_leak(run: _Run) -> bool:
+    _linear_leak(run, run.steps_for(run.rng.uniform(300, 3600)), run.rng.uniform(8.0, 16.0))
+    return True
+
+
+SHAPES = {name: globals()[f"shape_{name}"] for name in ALL_KINDS}
+
+
+def _mix(run: _Run, kind: str) -> None:
+    """Mixtures: noisier readings, spikes or sawtooth on top, outliers, jittered pace."""
+    rng = run.rng
+    if rng.random() < 0.35:
+        run.noise *= rng.uniform(1.5, 2.5)
+        run.kind_tags.append("noisy")
+    if kind not in ("eval_spikes", "high_plateau") and rng.random() < 0.35:
+        run.peak_extra += _add_eval_spikes(run, (0.03, 0.12))
+        run.kind_tags.append("eval_spikes")
+    if kind not in ("gc_sawtooth", "leak_under_sawtooth", "high_plateau") and rng.random() < 0.25:
+        run.peak_extra += _add_sawtooth(run, (0.02, 0.06))
+        run.kind_tags.append("gc_sawtooth")
+    if rng.random() < 0.25:
+        run.outlier_rate = rng.uniform(0.001, 0.01)
+        run.kind_tags.append("outliers")
+    if rng.random() < 0.4:
+        run.step_jitter = rng.uniform(0.01, 0.1)
+        run.eval_pause = (run.steps_for(rng.uniform(15, 60) * 60), rng.uniform(20, 240))
+        run.kind_tags.append("jitter")
+
+
+def generate_trace(kind: str, seed: int, mixtures: bool = False, name: Optional[str] = None,
+                   noise_scale: float = 1.0) -> GeneratedTrace:
+    """One trace of ``kind``; deterministic in (kind, seed, mixtures).
+
+    Healthy runs are drawn again until they stay below the limit; leaks until they die (and not
+    before their leak could be seen: at least 45 minutes after the warm-up).
+    """
+    if kind not in SHAPES:
+        raise ValueError(f"unknown trace kind '{kind}'; known kinds: {', '.join(ALL_KINDS)}")
+    for attempt in range(200):
+        rng = random.Random(f"{kind}/{seed}/{int(mixtures)}/{attempt}")
+        run = _Run(rng, noise_scale)
+        if mixtures:  # before the shape, so that the shape leaves room for what is mixed in
+            _mix(run, kind)
+        leak = SHAPES[kind](run)
+        rows, oom_step = run.simulate(until_death=leak)
+        if leak and oom_step is not None and rows[-1].time_s >= 3600:
+            break
+        # A healthy run stays clearly below the limit: its peaks do not brush it.
+        margin = max(3 * run.noise, 0.0075 * run.limit) * GIB
+        if not leak and oom_step is None and max(r.used_bytes for r in rows) <= rows[0].limit_bytes - margin:
+            break
+    else:  # pragma: no cover - the draws above always find one in practice
+        raise RuntimeError(f"could not generate a {kind} trace for seed {seed}")
+    label = "+".join([kind] + [tag for tag in run.kind_tags if tag != kind])
+    return GeneratedTrace(name or f"{kind}_{seed}.csv", label, leak, oom_step, rows)
+
+
+def generate_set(n: int, seed: int, mixtures: bool = True, noise_scale: float = 1.0) -> List[GeneratedTrace]:
+    """``n`` traces: first one plain trace of every kind (while n allows), then mixtures.
+
+    Example: ``generate_set(60, seed=1)`` gives 14 plain kinds and 46 mixtures.
+    """
+    rng = random.Random(seed)
+    traces = []
+    for i in range(n):
+        plain = i < len(ALL_KINDS)
+        kind = ALL_KINDS[i] if plain else rng.choice(ALL_KINDS)
+        mixed = mixtures and not plain
+        name = f"{i:03d}_{kind}{'_mix' if mixed else ''}.csv"
+        traces.append(generate_trace(kind, seed * 100003 + i, mixtures=mixed, name=name, noise_scale=noise_scale))
+    return traces
+
+
+def write_set(folder: str, traces: List[GeneratedTrace]) -> str:
+    """Write each trace as CSV and their labels as ``labels.json``; returns the labels path."""
+    os.makedirs(folder, exist_ok=True)
+    for trace in traces:
+        write_trace(os.path.join(folder, trace.name), trace.rows)
+    labels_path = os.path.join(folder, "labels.json")
+    with open(labels_path, "w", encoding="utf-8") as f:
+        json.dump({trace.name: trace.label() for trace in traces}, f, indent=1)
+    return labels_path
+
+
+def main(argv: Optional[list] = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m tfodtrain.memory.tracegen",
+        description="Write generated memory traces (CSV) and labels.json into a folder.")
+    parser.add_argument("out_dir")
+    parser.add_argument("--n", type=int, default=60, help="number of traces (default 60)")
+    parser.add_argument("--seed", type=int, default=0, help="seed (default 0)")
+    parser.add_argument("--plain", action="store_true", help="no mixtures")
+    parser.add_argument("--noise", type=float, default=1.0, help="reading noise multiplier (default 1)")
+    args = parser.parse_args(argv)
+    traces = generate_set(args.n, args.seed, mixtures=not args.plain, noise_scale=args.noise)
+    print(write_set(args.out_dir, traces))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
