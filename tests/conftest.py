@@ -44,7 +44,13 @@ def run_cli(args: list[str], run_dir: Path | None = None, timeout: float = 600, 
 
 @pytest.fixture(scope="session")
 def smoke_run(tmp_path_factory, data_cache) -> Path:
-    """A finished `+experiment=smoke` run dir, trained once per session and shared (read-only!)."""
+    """A finished `+experiment=smoke` run dir, trained once per session and shared (read-only!).
+
+    TFODTRAIN_TEST_SMOKE_RUN=DIR reuses a finished smoke run dir instead (for quick local iterations).
+    """
+    reuse = os.environ.get("TFODTRAIN_TEST_SMOKE_RUN")
+    if reuse:
+        return Path(reuse)
     run_dir = tmp_path_factory.mktemp("smoke") / "run"
     result = run_cli(["+experiment=smoke"], run_dir=run_dir)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -1,0 +1,55 @@
+"""The seed's leak in a real training run: the guard checkpoints and exits 75 before the OOM kill.
+
+The kill itself is real (`memory.kill_over_budget`: SIGKILL when RSS passes the budget, as the kernel's
+OOM killer would); nothing here is mocked.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+
+import pytest
+
+from conftest import run_cli
+from tfodtrain import exit_codes
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def aborted_run(tmp_path_factory, data_cache):
+    run_dir = tmp_path_factory.mktemp("leak") / "run"
+    result = run_cli(["+experiment=leak_demo"], run_dir=run_dir)
+    return run_dir, result
+
+
+def test_guard_aborts_with_a_report_and_a_checkpoint(aborted_run):
+    run_dir, result = aborted_run
+    assert result.returncode == exit_codes.GUARD_ABORT, result.stderr[-3000:]
+    report = json.loads((run_dir / "abort_report.json").read_text())
+    assert report["pool"] == "host" and report["reason"].startswith("host:")
+    assert report["slope_bytes_per_step"] > 4 << 20  # the callback keeps ~16 MiB of detections a step
+    assert report["step"] < report["projected_exhaustion_step"] <= 300
+    assert report["used_bytes"] < report["limit_bytes"] == 3072 << 20
+    assert report["checkpoint"].endswith(f"ckpt-{report['step']}")
+    assert (run_dir / f"checkpoints/ckpt-{report['step']}.index").exists()
+    assert "memory budget exceeded" not in result.stderr  # it stopped before the kill
+
+
+def test_resume_with_the_leak_off_finishes(aborted_run, tmp_path):
+    run_dir = tmp_path / "run"
+    shutil.copytree(aborted_run[0], run_dir)
+    step = json.loads((run_dir / "abort_report.json").read_text())["step"]
+    result = run_cli(["+experiment=leak_demo", "leak_demo.leak=false"], run_dir=run_dir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"at step {step} of 300" in result.stdout + result.stderr  # restored the abort checkpoint
+    assert json.loads((run_dir / "metrics.json").read_text())["steps"] == 300
+
+
+def test_without_the_guard_the_oom_killer_ends_it(tmp_path, data_cache):
+    result = run_cli(["+experiment=leak_demo", "guard=off"], run_dir=tmp_path / "run")
+    assert result.returncode == -signal.SIGKILL, (result.returncode, result.stderr[-2000:])
+    assert "memory budget exceeded" in result.stderr
+    assert not (tmp_path / "run" / "abort_report.json").exists()

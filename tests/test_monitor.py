@@ -1,0 +1,120 @@
+"""Memory telemetry in training: the shared sampler, TensorBoard tags, and the trace files."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from tensorboard.backend.event_processing import event_accumulator
+
+from conftest import REPO, SHARED_TRACES
+from tfodtrain.callbacks.monitor import MemorySampler
+from tfodtrain.memory.probes import GpuReading, HostProbe
+from tfodtrain.memory.traces import HEADER_LINE, read_trace
+
+GIB = 1 << 30
+
+
+class FakeNvml:
+    """NVML stand-in: this machine has no GPU, so the card's answers are scripted (mocked)."""
+
+    def __init__(self, process_bytes=2 * GIB, fail=False):
+        self.process_bytes = process_bytes
+        self.fail = fail
+
+    def read(self):
+        if self.fail:
+            return [GpuReading(0, 0, "Fake H100", "GPU-fake", error="NVMLError_Unknown")]
+        return [GpuReading(0, 0, "Fake H100", "GPU-fake", used_bytes=self.process_bytes + 3 * GIB, total_bytes=80 * GIB,
+                           free_bytes=80 * GIB - self.process_bytes - 3 * GIB, process_bytes=self.process_bytes,
+                           other_processes_bytes=2 * GIB, utilization_gpu_percent=55)]
+
+    def status(self):
+        return {"available": True}
+
+
+def test_sampler_reads_every_pool_once_per_due_step(tmp_path):
+    sampler = MemorySampler(interval_steps=10, run_dir=tmp_path, host_probe=HostProbe(), nvml_probe=FakeNvml())
+    assert sampler.sample_if_due(5) is None
+    sample = sampler.sample_if_due(10)
+    assert sample is not None and sampler.sample_if_due(10) is sample  # monitor and guard share it
+    gpu = sample.pools["gpu0"]
+    # No TensorFlow GPU here: NVML's per-process bytes against what the card leaves us (80 - 5 + 2 GiB).
+    assert gpu.used_bytes == 2 * GIB and gpu.limit_bytes == 77 * GIB
+    host = sample.pools["host"]
+    assert host.used_bytes > 50 << 20 and host.limit_bytes > host.used_bytes
+    assert {r[0] for r in sample.guard_readings()} == {"gpu0", "host"}
+    assert any(part.startswith("gpu0 2.00/77.0 GiB") for part in sampler.describe_pools())
+
+
+def test_steps_per_execution_rounds_the_interval_up(tmp_path):
+    sampler = MemorySampler(interval_steps=10, run_dir=tmp_path, nvml_probe=FakeNvml())
+    due = [step for step in range(4, 41, 4) if sampler.is_due(step, steps_per_execution=4)]
+    assert due == [12, 20, 32, 40]  # one reading per crossed multiple of 10
+
+
+def test_budget_caps_every_limit(tmp_path):
+    sampler = MemorySampler(interval_steps=1, run_dir=tmp_path, budget_bytes=4 * GIB, nvml_probe=FakeNvml())
+    sample = sampler.sample(1)
+    assert sample.pools["gpu0"].limit_bytes == 4 * GIB and sample.pools["host"].limit_bytes == 4 * GIB
+
+
+def test_nvml_error_mid_run_leaves_the_host_watched(tmp_path):
+    nvml = FakeNvml()
+    sampler = MemorySampler(interval_steps=1, run_dir=tmp_path, nvml_probe=nvml)
+    assert "gpu0" in sampler.sample(1).pools
+    nvml.fail = True
+    sample = sampler.sample(2)
+    assert "gpu0" not in sample.pools and "host" in sample.pools
+    nvml.fail = False
+    assert "gpu0" in sampler.sample(3).pools
+
+
+def test_resumed_run_continues_the_trace_time_axis(tmp_path):
+    (tmp_path / "memory_trace_host.csv").write_text(HEADER_LINE + "\n10,120.50,1000,2000\n")
+    sampler = MemorySampler(interval_steps=1, run_dir=tmp_path, nvml_probe=FakeNvml())
+    assert sampler.sample(11).time_s >= 120.5
+
+
+def _scalars(run_dir):
+    events = event_accumulator.EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"scalars": 0})
+    events.Reload()
+    return events
+
+
+def test_tensorboard_tags_read_back(smoke_run):
+    events = _scalars(smoke_run)
+    tags = set(events.Tags()["scalars"]) | set(events.Tags().get("tensors", []))
+    for tag in ("memory/host/used_mib", "memory/host/limit_mib", "memory/host/rss_mib", "memory/host/available_mib",
+                "train/loss", "eval/AP50"):
+        assert tag in tags, (tag, sorted(tags))
+    from tensorboard.util import tensor_util
+
+    used = [float(tensor_util.make_ndarray(e.tensor_proto)) for e in events.Tensors("memory/host/used_mib")]
+    assert len(used) == 6 and all(100 < v < 64 * 1024 for v in used)  # one reading a step in smoke, in MiB
+    assert "custom_scalars" in events.PluginAssets("custom_scalars") or events.PluginTagToContent("custom_scalars")
+
+
+def test_trace_files_follow_the_shared_format(smoke_run):
+    path = smoke_run / "memory_trace_host.csv"
+    lines = path.read_text().splitlines()
+    assert lines[0] == HEADER_LINE
+    rows = list(read_trace(path))
+    assert [r.step for r in rows] == [1, 2, 3, 4, 5, 6]
+    assert all(r.used_bytes < r.limit_bytes for r in rows)
+    if SHARED_TRACES.exists():  # the same columns and number formats as the shared sample
+        assert (SHARED_TRACES / "plateau.csv").read_text().splitlines()[0] == lines[0]
+    full = [json.loads(line) for line in (smoke_run / "memory_readings.jsonl").read_text().splitlines()]
+    assert len(full) == 6 and {"host", "gpus", "pools", "tf_allocator"} <= set(full[0])
+    replay = subprocess.run([sys.executable, "-m", "tfodtrain.memory.replay", str(path)], capture_output=True,
+                            text=True, cwd=REPO)
+    assert replay.returncode == 0, replay.stderr
+    assert json.loads(replay.stdout) == {"trace": "memory_trace_host.csv", "abort_step": None, "reason": None}
+
+
+def test_memory_cli_prints_json():
+    result = subprocess.run([sys.executable, "-m", "tfodtrain.memory"], capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 0, result.stderr
+    readings = json.loads(result.stdout)
+    assert readings["host"]["rss_bytes"] > 0 and isinstance(readings["gpus"], list)
