@@ -27,7 +27,7 @@ def _composition_error(overrides: list[str]) -> str | None:
             return f"unknown experiment '{value}'; available: {', '.join(available_experiments())}"
     try:
         with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3", job_name="check"):
-            compose(config_name="config", overrides=overrides, return_hydra_config=True)
+            cfg = compose(config_name="config", overrides=overrides, return_hydra_config=True)
     except (HydraException, OmegaConfBaseException, ValueError) as error:
         text = str(error) or str(error.__cause__ or "") or type(error).__name__
         lines = [line.strip() for line in text.splitlines() if line.strip()]
@@ -36,7 +36,9 @@ def _composition_error(overrides: list[str]) -> str | None:
         if detail and detail not in message:
             message = f"{message} ({detail})"
         return f"{message}; check the spelling against the README's config reference (python -m tfodtrain --cfg job shows it)"
-    return None
+    from tfodtrain.preflight import input_error  # config values and data records, before Hydra writes anything
+
+    return input_error(cfg)
 
 
 def _hydra_entry() -> None:

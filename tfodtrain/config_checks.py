@@ -49,7 +49,8 @@ def check_config(cfg: DictConfig) -> None:
     _number(cfg, "model.input_size", int, 32, hint=" (pixels, e.g. 320)")
     if cfg.model.input_size % 32:
         raise UserError(f"model.input_size={cfg.model.input_size} must be a multiple of 32 (e.g. 320, 640)")
-    _number(cfg, "trainer.batch_size", int, 1)
+    if cfg.trainer.batch_size != "auto":  # auto: the pre-flight check picks the largest that fits
+        _number(cfg, "trainer.batch_size", int, 1, hint=" (or auto: the largest that fits in memory)")
     _number(cfg, "trainer.steps", int, 1)
     _number(cfg, "trainer.learning_rate", float, 0)
     _number(cfg, "trainer.momentum", float, 0)
@@ -75,3 +76,6 @@ def check_config(cfg: DictConfig) -> None:
         _number(cfg, "data.num_train", int, 1)
         _number(cfg, "data.num_val", int, 1)
         _number(cfg, "data.image_size", int, 32)
+    from tfodtrain.preflight import check_preflight_settings  # pre-flight, float64, bad-record and guard settings
+
+    check_preflight_settings(cfg)

@@ -309,6 +309,9 @@ def train(cfg: DictConfig) -> dict:
         from tfodtrain.memory.budget import OomKillerEmulator
 
         OomKillerEmulator(int(cfg.memory.budget_mb * MIB)).start()
+    from tfodtrain.preflight import before_fit, take_auto_batch_size
+
+    auto_batch = take_auto_batch_size(cfg)  # trainer.batch_size=auto: a provisional size until the pre-flight
     params = build_experiment(cfg, data)
     if cfg.trainer.mixed_precision:
         tf_keras.mixed_precision.set_global_policy(cfg.trainer.mixed_precision)
@@ -338,6 +341,8 @@ def train(cfg: DictConfig) -> dict:
 
     train_ds = task.build_inputs(params.task.train_data)
     val_ds = task.build_inputs(params.task.validation_data)
+    # float64 check, then one real step (undone) whose peak memory must fit each pool's limit (exit 2 if not)
+    train_ds, val_ds = before_fit(cfg, params, trainer_model, train_ds, val_ds, gpus, auto_batch, data)
     evaluator = CocoEvaluator(task, detector, val_ds, max_batches=cfg.trainer.eval_steps)
     writer = tf.summary.create_file_writer(str(run_dir / "tensorboard"))
     run = RunContext(run_dir=run_dir, config=OmegaConf.to_container(cfg, resolve=True), checkpointer=checkpointer,

@@ -17,6 +17,7 @@ import subprocess
 
 from tfodtrain import exit_codes
 from tfodtrain.callbacks.base import AbortRequest, RunCallback
+from tfodtrain.callbacks.clues import LeakClues
 from tfodtrain.exit_codes import UserError
 from tfodtrain.memory.guard import MemoryGuard
 from tfodtrain.memory.policy import GuardSettings
@@ -48,6 +49,7 @@ class LeakGuard(RunCallback):
         super().__init__()
         self.settings = guard_settings(mode, settings, on_abort_command)
         self.guard = MemoryGuard(self.settings)
+        self.clues = LeakClues()  # growing Python objects and retracing, for warnings and the abort report
         self.last_decision = None
 
     def on_train_batch_end(self, batch, logs=None):
@@ -56,11 +58,13 @@ class LeakGuard(RunCallback):
         sample = self.run.memory.sample_if_due(self.run.step_of(batch), self.run.steps_per_execution)
         if sample is None:
             return
+        self.clues.observe(sample.step, self.model, self._summary)
         decision = self.guard.observe_many(sample.guard_readings())
         self.last_decision = decision
         if decision.action == "warn":
-            log.warning("Leak guard: %s", decision.reason)
-            self._summary("guard/warning", decision.reason, sample.step)
+            reason = decision.reason + self.clues.describe(sample.step)
+            log.warning("Leak guard: %s", reason)
+            self._summary("guard/warning", reason, sample.step)
         elif decision.action == "abort":
             self._abort(decision, sample)
 
@@ -106,6 +110,7 @@ class LeakGuard(RunCallback):
                       for name, p in sample.pools.items()},
             "checkpoint": checkpoint,
             "settings": self.settings.to_dict(),
+            "leak_clues": self.clues.report(sample.step),
         }
 
     def _run_abort_command(self, report: dict, report_path) -> None:

@@ -38,5 +38,8 @@ def load_label_map(path: str | None) -> dict[int, str] | None:
 def check_tfrecord_inputs(data_cfg) -> dict:
     train_files = expand_glob(data_cfg.train_path, "data.train_path")
     val_files = expand_glob(data_cfg.val_path, "data.val_path")
-    return {"train": ",".join(train_files), "val": ",".join(val_files),
+    data = {"train": ",".join(train_files), "val": ",".join(val_files),
             "num_classes": int(data_cfg.num_classes), "label_map": load_label_map(data_cfg.label_map)}
+    from tfodtrain.data.validate import validate_data  # scans the records: bad ones stop the run or are skipped
+
+    return validate_data(data_cfg, data)

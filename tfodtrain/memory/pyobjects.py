@@ -1,0 +1,88 @@
+"""Which Python objects accumulate: a census of the garbage collector's objects, compared over steps.
+
+A host-memory leak in a training loop is mostly a Python container that keeps what it should drop: a
+list of every batch's detections, a dict of tensors keyed by step. A census counts the objects the
+garbage collector tracks, by type, and names a non-empty list, tuple, set or deque by what it holds
+(`list of ndarray`); untracked objects held by such containers (NumPy arrays, strings, numbers) are
+counted from them, so `ndarray` shows up too. Two censuses give each kind's growth per 100 steps.
+
+It costs one pass over the tracked objects (a fraction of a second in a TensorFlow process), so it is
+taken rarely: a baseline once training runs, then only when the leak guard warns or aborts (at most once
+a minute), never per step. tracemalloc would name allocation sites, but it slows every allocation for the
+whole run; the census costs nothing between calls. Framework-free.
+
+Example:
+    >>> watch = ObjectGrowth()
+    >>> watch.baseline(step=10)
+    >>> ...                                            # training leaks
+    >>> watch.report(step=400)["growing"][0]
+    {'kind': 'list of ndarray', 'count': 3120, 'growth': 3100, 'per_100_steps': 794.9}
+"""
+
+from __future__ import annotations
+
+import collections
+import gc
+import time
+
+_CONTAINERS = (list, tuple, set, frozenset, collections.deque)
+
+
+def census() -> collections.Counter:
+    """Objects by kind: the type name, or `list of X` for a non-empty container whose first item is an X."""
+    counts: collections.Counter = collections.Counter()
+    for obj in gc.get_objects():
+        kind = type(obj)
+        if kind in _CONTAINERS and obj:
+            first = next(iter(obj))
+            item = type(first).__name__
+            counts[f"{kind.__name__} of {item}"] += 1
+            if not gc.is_tracked(first):  # e.g. ndarray, str: not in gc.get_objects, count them from here
+                counts[item] += len(obj)
+        else:
+            counts[kind.__name__] += 1
+    return counts
+
+
+def growth(before: collections.Counter, after: collections.Counter, steps: int, top: int = 5,
+           minimum: int = 20) -> list[dict]:
+    """The `top` kinds that grew most (by at least `minimum` objects), with their rate per 100 steps."""
+    grown = [(kind, after[kind] - before.get(kind, 0)) for kind in after]
+    grown = sorted((g for g in grown if g[1] >= minimum), key=lambda g: -g[1])[:top]
+    return [{"kind": kind, "count": after[kind], "growth": delta,
+             "per_100_steps": round(100.0 * delta / steps, 1) if steps > 0 else None} for kind, delta in grown]
+
+
+def describe(growing: list[dict]) -> str:
+    """`list of ndarray +512 objects per 100 steps, ndarray +1024 ...` for logs."""
+    return ", ".join(f"{g['kind']} +{g['per_100_steps']:g} objects per 100 steps" if g["per_100_steps"] is not None
+                     else f"{g['kind']} +{g['growth']} objects" for g in growing)
+
+
+class ObjectGrowth:
+    """A baseline census and, on request (rate-limited), a census compared with it."""
+
+    def __init__(self, min_interval_s: float = 60.0, clock=time.monotonic):
+        self.min_interval_s = min_interval_s
+        self.clock = clock
+        self.base: collections.Counter | None = None
+        self.base_step: int | None = None
+        self.last: dict | None = None
+        self._last_time: float | None = None
+
+    def baseline(self, step: int) -> None:
+        self.base, self.base_step = census(), step
+
+    def report(self, step: int, force: bool = False) -> dict | None:
+        """Growth since the baseline; the previous report if the last census is under a minute old."""
+        if self.base is None:
+            return None
+        now = self.clock()
+        if not force and self.last is not None and now - self._last_time < self.min_interval_s:
+            return self.last
+        started = time.perf_counter()
+        growing = growth(self.base, census(), step - self.base_step)
+        self._last_time = now
+        self.last = {"since_step": self.base_step, "step": step, "growing": growing,
+                     "census_seconds": round(time.perf_counter() - started, 3)}
+        return self.last
