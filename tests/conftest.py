@@ -55,3 +55,12 @@ def smoke_run(tmp_path_factory, data_cache) -> Path:
     result = run_cli(["+experiment=smoke"], run_dir=run_dir)
     assert result.returncode == 0, result.stderr[-3000:]
     return run_dir
+
+
+@pytest.fixture(scope="session")
+def tensorboard_url(smoke_run) -> str:
+    """A real `tensorboard --logdir SMOKE_RUN` on a free localhost port, shared by the HTTP and browser tests."""
+    from tensorboard_server import serve  # tests/tensorboard_server.py
+
+    with serve(smoke_run) as url:
+        yield url

@@ -383,6 +383,9 @@ def train(cfg: DictConfig) -> dict:
               "evaluations": run.evaluations + [{"step": final_step, **metrics}],
               "checkpoint": checkpointer.latest}
     write_json(run_dir / "metrics.json", result)
+    from tfodtrain.callbacks.review import write_final_summaries  # run/steps_per_second for the hparams table
+
+    write_final_summaries(writer, final_step, result)
     writer.flush()
     log.info("Finished at step %d: AP %.3f, AP50 %.3f, AP75 %.3f; %s steps/s; metrics in %s", final_step,
              metrics.get("AP", float("nan")), metrics.get("AP50", float("nan")), metrics.get("AP75", float("nan")),

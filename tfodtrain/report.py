@@ -1,0 +1,719 @@
+"""`python -m tfodtrain.report RUN_DIR`: what memory did in a run, in one picture and one page.
+
+Writes into RUN_DIR (or `--out DIR`):
+
+* `memory_report.png`: for every memory pool (`gpu0`, ..., `host`), used memory, its peak and its limit
+  over steps (left) and over time (right); the leak guard's trend line and projected exhaustion;
+  guard aborts, restarts/resumes, guard warnings and evaluation points as markers.
+* `report.md`: the run's numbers: outcome, AP/AP50, steps/s, peak memory per pool, the guard's last
+  assessment, aborts and their reasons, restarts, evaluations.
+
+It reads only files: the traces (`memory_trace_<pool>.csv`), `memory_readings.jsonl`, `config.yaml`,
+`metrics.json`, `abort_report.json`, the supervisor's `restarts.jsonl` (tfodtrain.supervise) and the TensorBoard event files
+(guard texts, evaluations). The trend is not guessed: each pool's trace is replayed through
+`tfodtrain.memory.guard.MemoryGuard` with the run's own guard settings, one guard per training process,
+exactly as the `LeakGuard` callback ran it. No TensorFlow import: it works on a copied run dir anywhere.
+
+Example:
+    python -m tfodtrain.report outputs/leak_demo/2026-11-25_12-00-00
+    python -m tfodtrain.report RUN_DIR --out /tmp/review     # RUN_DIR stays untouched
+
+Bad input (no such directory, a directory without a run, a damaged file) prints one line and exits 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import sys
+import types
+from pathlib import Path
+
+from tfodtrain.exit_codes import BAD_INPUT, GUARD_ABORT, UserError
+from tfodtrain.memory.detector import Assessment
+from tfodtrain.memory.guard import MemoryGuard
+from tfodtrain.memory.policy import GuardSettings, describe
+from tfodtrain.memory.traces import TraceFormatError, read_trace
+from tfodtrain.supervise import RESTARTS_FILE  # one JSON line per ended training process
+
+GIB = float(1 << 30)
+MIB = float(1 << 20)
+EVENT_TAGS = ("guard/abort", "guard/warning", "run/stopped", "eval/AP", "eval/AP50")
+
+
+@dataclasses.dataclass
+class Marker:
+    """Something that happened at a step (and a time, when known): an abort, a restart, an evaluation."""
+
+    kind: str  # abort | stop | restart | warning | eval
+    step: int
+    time_s: float | None = None
+    label: str = ""
+    details: dict = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass
+class PoolView:
+    """One memory pool: its trace, peaks, and the guard's replayed assessments."""
+
+    name: str
+    rows: list  # TraceRow, in file order (a resumed run appends)
+    allocator_peaks: list  # (step, time_s, peak_bytes) of the allocator (GPU pools only)
+    last: Assessment | None = None  # the guard's assessment at the last reading
+    shown: Assessment | None = None  # the latest assessment with a fitted trend (drawn)
+    replayed_aborts: list = dataclasses.field(default_factory=list)  # (step, reason, Assessment)
+
+    def drawn_assessments(self) -> list:
+        """The assessments whose trend the picture shows: each replayed abort's, and the latest one."""
+        drawn = [a for _, _, a in self.replayed_aborts]
+        if self.shown is not None and all(a is not self.shown for a in drawn):
+            drawn.append(self.shown)
+        return drawn
+
+    @property
+    def peak_used(self) -> int:
+        used = max(r.used_bytes for r in self.rows)
+        return max([used] + [peak for _, _, peak in self.allocator_peaks])
+
+    @property
+    def limit(self) -> int:
+        return self.rows[-1].limit_bytes
+
+
+@dataclasses.dataclass
+class RunRecord:
+    run_dir: Path
+    config: dict | None
+    metrics: dict | None
+    run_info: dict | None
+    abort_report: dict | None
+    settings: GuardSettings
+    settings_note: str
+    pools: dict  # name -> PoolView
+    markers: list  # Marker
+    segment_starts: list  # time_s at which a new training process started (after the first)
+    process_ends: list  # the supervisor's restarts.jsonl records (one per ended process)
+
+    def of_kind(self, kind: str) -> list:
+        return [m for m in self.markers if m.kind == kind]
+
+
+# --------------------------------------------------------------------------------------------------
+# Reading a run dir
+
+
+def _read_json(path: Path) -> dict | None:
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise UserError(f"{path}: not valid JSON ({error})") from None
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    """Every complete line; a last line cut short by a kill mid-write is skipped."""
+    if not path.exists():
+        return []
+    rows = []
+    lines = path.read_text(errors="replace").splitlines()
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            if number == len(lines):
+                break
+            raise UserError(f"{path}: line {number} is not valid JSON") from None
+    return rows
+
+
+def _read_config(path: Path) -> dict | None:
+    if not path.exists():
+        return None
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        return OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+    except (OmegaConfBaseException, ValueError, OSError) as error:
+        raise UserError(f"{path}: cannot read the run's config ({str(error).splitlines()[0]})") from None
+
+
+def guard_settings_of(config: dict | None) -> tuple[GuardSettings, str]:
+    """The run's guard settings (config.yaml's `guard` group), and a note on how they are used here.
+
+    A guard that was `off` is replayed in `warn` mode: it still shows the trend it would have seen.
+    """
+    guard = (config or {}).get("guard") or {}
+    values = dict(guard.get("settings") or {})
+    mode = guard.get("mode", "abort")
+    values["mode"] = "warn" if mode == "off" else mode
+    try:
+        settings = GuardSettings.from_mapping(values)
+    except ValueError as error:
+        raise UserError(f"config.yaml guard.settings: {error}") from None
+    if config is None:
+        return settings, "no config.yaml: default guard settings"
+    return settings, "guard was off; trend replayed as warn-only" if mode == "off" else f"guard mode {mode}"
+
+
+def read_events(tensorboard_dir: Path) -> list[tuple[str, int, float, object]]:
+    """(tag, step, wall_time, value) of the review tags in RUN_DIR/tensorboard, in file order."""
+    files = sorted(tensorboard_dir.glob("events.out.tfevents.*")) if tensorboard_dir.is_dir() else []
+    if not files:
+        return []
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+    from tensorboard.util import tensor_util
+
+    found = []
+    for path in files:
+        for event in EventFileLoader(str(path)).Load():
+            if not event.HasField("summary"):
+                continue
+            for value in event.summary.value:
+                if value.tag not in EVENT_TAGS or not value.HasField("tensor"):
+                    continue
+                array = tensor_util.make_ndarray(value.tensor)
+                item = array.reshape(-1)[0] if array.size else None
+                if isinstance(item, bytes):
+                    item = item.decode("utf-8", errors="replace")
+                elif item is not None:
+                    item = float(item)
+                found.append((value.tag, int(event.step), float(event.wall_time), item))
+    return found
+
+
+def _abort_from_text(text: str) -> dict | None:
+    """The abort report LeakGuard wrote as a ```-fenced JSON text summary."""
+    body = text.strip().strip("`").strip()
+    try:
+        report = json.loads(body)
+    except json.JSONDecodeError:
+        return None
+    return report if isinstance(report, dict) else None
+
+
+def _abort_marker(report: dict) -> Marker:
+    return Marker("abort", int(report.get("step", 0)), report.get("time_s"),
+                  f"guard abort (exit {report.get('exit_code', GUARD_ABORT)})", report)
+
+
+@dataclasses.dataclass
+class Process:
+    """The readings of one training process (a run dir holds one more per restart or resume)."""
+
+    pid: int | None
+    first: tuple  # (step, time_s) of its first reading
+    last: tuple  # (step, time_s) of its last reading
+
+
+def _processes(readings: list[dict]) -> list[Process]:
+    """The training processes that wrote `memory_readings.jsonl`, in order (told apart by their pid)."""
+    processes: list[Process] = []
+    for reading in readings:
+        pid = (reading.get("host") or {}).get("pid")
+        at = (int(reading["step"]), float(reading["time_s"]))
+        if not processes or (pid is not None and pid != processes[-1].pid):
+            processes.append(Process(pid, at, at))
+        else:
+            processes[-1].last = at
+    return processes
+
+
+def _restart_markers(processes: list[Process], ends: list[dict]) -> list[Marker]:
+    """A marker where each later process started, and one where a process died by other means than the
+    guard (e.g. SIGKILL by the OOM killer), from the supervisor's `restarts.jsonl` (one line per
+    process end, in order; without it every later process is a manual resume)."""
+    markers = []
+    for index, process in enumerate(processes):
+        end = ends[index] if index < len(ends) else None
+        if end is not None and end.get("exit_code") not in (0, GUARD_ABORT, None):
+            label = f"exit {end['exit_code']}: {end.get('cause', '')}".strip().rstrip(":")
+            markers.append(Marker("stop", process.last[0], process.last[1], label, end))
+        if index == 0:
+            continue
+        previous = ends[index - 1] if index - 1 < len(ends) else None
+        if previous is not None:
+            why = (f"attempt {previous.get('attempt', index)} ended: {previous.get('cause', '?')} "
+                   f"(exit {previous.get('exit_code')}); {previous.get('note', '')}").strip().rstrip(";")
+        else:
+            why = "resumed from the checkpoint (a new training process)"
+        markers.append(Marker("restart", process.first[0], process.first[1],
+                              "restart" if previous is not None else "resume", {"pid": process.pid, "reason": why}))
+    return markers
+
+
+def load_run(run_dir: Path) -> RunRecord:
+    """Everything the report shows, from the files of `run_dir`; `UserError` if it is not a run dir."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise UserError(f"{run_dir}: no such directory (give the run dir of a tfodtrain run)")
+    trace_paths = sorted(run_dir.glob("memory_trace_*.csv"))
+    markers_of_a_run = [run_dir / name for name in ("config.yaml", "metrics.json", "memory_readings.jsonl")]
+    if not trace_paths:
+        if any(path.exists() for path in markers_of_a_run):
+            raise UserError(f"{run_dir}: no memory readings (memory_trace_*.csv) to report: the run stopped before "
+                            "its first reading, or memory_monitor was off")
+        raise UserError(f"{run_dir}: not a tfodtrain run dir (no memory_trace_*.csv, config.yaml or metrics.json)")
+
+    config = _read_config(run_dir / "config.yaml")
+    settings, settings_note = guard_settings_of(config)
+    readings = _read_jsonl(run_dir / "memory_readings.jsonl")
+    pools = {}
+    for path in trace_paths:
+        name = path.stem[len("memory_trace_"):]
+        try:
+            rows = list(read_trace(path))
+        except (TraceFormatError, UnicodeDecodeError) as error:
+            raise UserError(str(error) if isinstance(error, TraceFormatError) else f"{path}: not a text CSV") from None
+        if rows:
+            peaks = [(int(r["step"]), float(r["time_s"]), int(r["tf_allocator"][name]["peak_bytes"]))
+                     for r in readings if name in (r.get("tf_allocator") or {})]
+            pools[name] = PoolView(name, rows, peaks)
+    if not pools:
+        raise UserError(f"{run_dir}: the memory traces have a header but no readings yet")
+
+    markers = []
+    events = read_events(run_dir / "tensorboard")
+    aborts = {}
+    for tag, step, _, value in events:
+        if tag == "guard/abort" and isinstance(value, str):
+            report = _abort_from_text(value)
+            if report is not None:
+                aborts[int(report.get("step", step))] = report
+        elif tag == "guard/warning" and isinstance(value, str):
+            markers.append(Marker("warning", step, label=value))
+        elif tag == "run/stopped" and isinstance(value, str) and not value.startswith(f"exit {GUARD_ABORT}:"):
+            markers.append(Marker("stop", step, label=value))
+    abort_report = _read_json(run_dir / "abort_report.json")
+    if abort_report is not None:  # the newest abort; the event files hold every one
+        aborts[int(abort_report.get("step", 0))] = abort_report
+    markers += [_abort_marker(report) for _, report in sorted(aborts.items())]
+
+    metrics = _read_json(run_dir / "metrics.json")
+    evals = {}
+    for tag, step, _, value in events:
+        if tag.startswith("eval/") and value is not None:
+            evals.setdefault(step, {})[tag[len("eval/"):]] = value
+    for evaluation in (metrics or {}).get("evaluations", []):
+        evals.setdefault(int(evaluation["step"]), {}).update(
+            {k: v for k, v in evaluation.items() if k in ("AP", "AP50")})
+    markers += [Marker("eval", step, label=f"AP {values.get('AP', float('nan')):.3f}", details=values)
+                for step, values in sorted(evals.items())]
+
+    processes = _processes(readings)
+    ends = _read_jsonl(run_dir / RESTARTS_FILE)
+    for marker in _restart_markers(processes, ends):
+        if marker.kind == "stop" and any(m.kind == "stop" and m.label.startswith(f"exit {marker.details['exit_code']}:")
+                                         for m in markers):
+            continue  # the process said so itself (run/stopped)
+        markers.append(marker)
+    record = RunRecord(run_dir, config, metrics, _read_json(run_dir / "run_info.json"), abort_report, settings,
+                       settings_note, pools, markers, [p.first[1] for p in processes[1:]], ends)
+    _place_in_time(record)
+    replay(record)
+    return record
+
+
+def _place_in_time(record: RunRecord) -> None:
+    """Markers known only by step get the time of the latest reading at or before that step."""
+    rows = sorted((r for view in record.pools.values() for r in view.rows), key=lambda r: r.time_s)
+    for marker in record.markers:
+        if marker.time_s is None:
+            before = [r.time_s for r in rows if r.step <= marker.step]
+            marker.time_s = before[-1] if before else (rows[0].time_s if rows else None)
+
+
+# --------------------------------------------------------------------------------------------------
+# The guard's view, replayed
+
+
+def replay(record: RunRecord) -> None:
+    """Feed each pool's readings to a MemoryGuard with the run's settings; a new guard per process."""
+    for view in record.pools.values():
+        starts = list(record.segment_starts)
+        guard = MemoryGuard(record.settings)
+        for row in view.rows:
+            while starts and row.time_s >= starts[0] - 0.005:  # the trace rounds time_s to 10 ms
+                starts.pop(0)
+                guard = MemoryGuard(record.settings)
+            decision = guard.observe(view.name, row.step, row.time_s, row.used_bytes, row.limit_bytes)
+            view.last = decision.assessment
+            if view.last is not None and view.last.ready:
+                view.shown = view.last
+            if decision.action == "abort":
+                view.replayed_aborts.append((row.step, decision.reason, decision.assessment))
+
+
+def assessment_text(a: Assessment | None, settings: GuardSettings) -> str:
+    """The guard's last word on a pool, in one sentence."""
+    if a is None:
+        return "not watched"
+    if not a.ready:
+        return a.note or "not enough readings"
+    if a.growing:
+        return describe(a, settings.horizon_s)
+    slope = a.slope_bytes_per_step
+    return (f"no sustained growth (floor {a.floor_bytes / GIB:.2f} GiB, trend {slope / MIB:+.2f} MiB/step, "
+            f"p={a.trend_p_value:.3f})")
+
+
+# --------------------------------------------------------------------------------------------------
+# Outcome and numbers
+
+
+def total_steps(record: RunRecord) -> int | None:
+    trainer = (record.config or {}).get("trainer") or {}
+    return trainer.get("steps")
+
+
+def last_step(record: RunRecord) -> int:
+    steps = [view.rows[-1].step for view in record.pools.values()]
+    if record.metrics and record.metrics.get("steps") is not None:
+        steps.append(int(record.metrics["steps"]))
+    return max(steps)
+
+
+def outcome(record: RunRecord) -> str:
+    """One line: finished, aborted by the guard, stopped, or unknown (killed or still running)."""
+    aborts, restarts, stops = record.of_kind("abort"), record.of_kind("restart"), record.of_kind("stop")
+    after = []
+    if aborts:
+        after.append(f"{len(aborts)} guard abort{'s' if len(aborts) > 1 else ''}")
+    if restarts:
+        after.append(f"{len(restarts)} restart{'s' if len(restarts) > 1 else ''}")
+    finished_at = record.metrics.get("steps") if record.metrics else None
+    last_abort = aborts[-1] if aborts else None
+    if finished_at is not None and (last_abort is None or finished_at > last_abort.step):
+        return f"finished at step {finished_at}" + (f" after {' and '.join(after)}" if after else "")
+    if last_abort is not None and last_abort.step >= last_step(record):
+        text = f"aborted by the leak guard at step {last_abort.step} (exit {GUARD_ABORT})"
+        return text + (f"; earlier: {' and '.join(after)}" if len(aborts) > 1 or restarts else "")
+    if stops and stops[-1].step >= last_step(record):
+        final = record.process_ends[-1] if record.process_ends else {}
+        note = f" ({final['note']})" if final.get("note") and not final.get("restart") else ""
+        return f"stopped at step {stops[-1].step}: {stops[-1].label}{note}"
+    return (f"no end recorded: last reading at step {last_step(record)} (killed, e.g. out of memory, or still "
+            "running)")
+
+
+def steps_per_second(record: RunRecord) -> tuple[float | None, str]:
+    """metrics.json's figure; for a run without one, readings per second of the last process."""
+    if record.metrics and record.metrics.get("steps_per_second"):
+        return float(record.metrics["steps_per_second"]), "metrics.json"
+    view = next(iter(record.pools.values()))
+    start = record.segment_starts[-1] if record.segment_starts else view.rows[0].time_s
+    rows = [r for r in view.rows if r.time_s >= start - 0.005]
+    if len(rows) < 3:
+        return None, ""
+    # Skip the first reading of the process: it includes tracing the training step.
+    first, end = rows[1], rows[-1]
+    if end.time_s <= first.time_s:
+        return None, ""
+    return (end.step - first.step) / (end.time_s - first.time_s), "memory readings (evaluations included)"
+
+
+# --------------------------------------------------------------------------------------------------
+# The picture
+
+
+def _time_unit(seconds: float) -> tuple[float, str]:
+    if seconds >= 3 * 3600:
+        return 3600.0, "h"
+    if seconds >= 180:
+        return 60.0, "min"
+    return 1.0, "s"
+
+
+def _trend_lines(a: Assessment) -> dict:
+    """Trend line over the fitted window and the projection to the limit, in steps and in seconds."""
+    span_s = float(a.window.get("span_s") or 0.0)
+    per_step = a.slope_bytes_per_step
+    seconds_per_step = a.slope_bytes_per_second and per_step / a.slope_bytes_per_second
+    span_steps = span_s / seconds_per_step if seconds_per_step else 0.0
+    start_t, start_s = a.time_s - span_s, a.step - span_steps
+    floor_start = a.floor_bytes - a.slope_bytes_per_second * span_s
+    lines = {"trend_time": ([start_t, a.time_s], [floor_start, a.floor_bytes]),
+             "trend_step": ([start_s, a.step], [floor_start, a.floor_bytes])}
+    if a.growing and a.projected_exhaustion_time_s is not None:
+        top = a.floor_bytes + a.peak_headroom_bytes
+        lines["proj_time"] = ([a.time_s, a.projected_exhaustion_time_s], [top, a.limit_bytes])
+        if a.projected_exhaustion_step is not None:
+            lines["proj_step"] = ([a.step, a.projected_exhaustion_step], [top, a.limit_bytes])
+    return lines
+
+
+STYLE = {
+    "abort": dict(color="#c62828", linestyle="-", linewidth=1.6),
+    "stop": dict(color="#616161", linestyle="-", linewidth=1.2),
+    "restart": dict(color="#6a1b9a", linestyle="-.", linewidth=1.4),
+    "eval": dict(color="#2e7d32", linestyle=":", linewidth=1.2),
+}
+
+
+def plot_report(record: RunRecord, path: Path) -> Path:
+    """memory_report.png: a row per pool; used, peak and limit vs steps (left) and time (right)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    views = sorted(record.pools.values(), key=lambda v: (v.name == "host", v.name))
+    all_times = [r.time_s for v in views for r in v.rows]
+    unit, unit_name = _time_unit(max(all_times) - min(all_times))
+    fig, axes = plt.subplots(len(views), 2, figsize=(13, 1.2 + 3.4 * len(views)), squeeze=False,
+                             gridspec_kw={"width_ratios": [1.35, 1]})
+    for row_axes, view in zip(axes, views):
+        _plot_pool(row_axes[0], view, record, "step", 1.0)
+        _plot_pool(row_axes[1], view, record, "time", unit)
+        row_axes[0].set_ylabel(f"{view.name} memory (GiB)")
+        row_axes[1].set_xlabel(f"time since the run started ({unit_name})")
+    axes[-1][0].set_xlabel("training step")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    for ax in axes.flat:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            if label not in labels:
+                handles.append(handle)
+                labels.append(label)
+    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 5), fontsize=8.5, frameon=False)
+    experiment = (record.config or {}).get("experiment_name") or record.run_dir.name
+    fig.suptitle(f"{experiment}: {outcome(record)}", fontsize=12, x=0.01, ha="left")
+    fig.tight_layout(rect=(0, 0.03 + 0.05 / len(views), 1, 0.97))
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path
+
+
+def _plot_pool(ax, view: PoolView, record: RunRecord, axis: str, unit: float) -> None:
+    x_of = (lambda r: r.step) if axis == "step" else (lambda r: r.time_s / unit)
+    segments, current = [], []
+    starts = list(record.segment_starts)
+    for row in view.rows:  # a line per training process, so a resume does not draw a jump back
+        if starts and row.time_s >= starts[0] - 0.005:
+            starts.pop(0)
+            segments.append(current)
+            current = []
+        current.append(row)
+    segments.append(current)
+    for index, rows in enumerate(s for s in segments if s):
+        xs = [x_of(r) for r in rows]
+        first = index == 0
+        ax.plot(xs, [r.used_bytes / GIB for r in rows], color="#1565c0", linewidth=1.4,
+                label="used" if first else None)
+        running, peak = [], 0
+        for r in rows:
+            peak = max(peak, r.used_bytes)
+            running.append(peak / GIB)
+        ax.plot(xs, running, color="#64b5f6", linewidth=1.0, linestyle="--",
+                label="peak used so far" if first else None)
+        ax.step(xs, [r.limit_bytes / GIB for r in rows], where="post", color="#212121", linewidth=1.3,
+                label="limit" if first else None)
+    if view.allocator_peaks:
+        peak_x = [s if axis == "step" else t / unit for s, t, _ in view.allocator_peaks]
+        ax.plot(peak_x, [p / GIB for _, _, p in view.allocator_peaks], color="#ff8f00", linewidth=0.9,
+                alpha=0.8, label="allocator peak (per reading)")
+
+    data_min = min(x_of(r) for r in view.rows)
+    data_max = max(x_of(r) for r in view.rows)
+    reach = data_max + 3.0 * max(data_max - data_min, 1.0)  # projections further out are cut at the edge
+    x_max = data_max
+    for index, a in enumerate(view.drawn_assessments()):
+        x_max = max(x_max, _plot_trend(ax, a, axis, unit, reach, first=index == 0))
+    last_limit = view.rows[-1]
+    if x_max > data_max:  # the limit goes on where the projection goes
+        ax.plot([data_max, x_max * 1.03 + 1], [last_limit.limit_bytes / GIB] * 2, color="#212121", linewidth=1.0,
+                linestyle=":")
+    _draw_markers(ax, record, axis, unit)
+    ax.set_xlim(data_min if axis == "time" else 0, x_max * 1.03 + (1 if axis == "step" else 0))
+    ax.set_ylim(0, max(view.limit, view.peak_used) / GIB * 1.12)
+    ax.grid(True, alpha=0.3)
+    ax.set_title(_pool_title(view) if axis == "step" else _guard_title(view), fontsize=9.5, loc="left")
+
+
+def _plot_trend(ax, a: Assessment, axis: str, unit: float, reach: float, first: bool) -> float:
+    """The guard's floor trend and, when growing, its projection to the limit; returns the x it reaches."""
+    lines = _trend_lines(a)
+    scale = (lambda xs: [x / unit for x in xs]) if axis == "time" else (lambda xs: list(xs))
+    tx, ty = lines[f"trend_{axis}"]
+    ax.plot(scale(tx), [y / GIB for y in ty], color="#d81b60", linewidth=2.2, alpha=0.9,
+            label="guard trend (floor)" if first else None)
+    x_end = scale(tx)[-1]
+    if f"proj_{axis}" not in lines:
+        return x_end
+    px, py = lines[f"proj_{axis}"]
+    px = scale(px)
+    ax.plot(px, [y / GIB for y in py], color="#d81b60", linewidth=1.4, linestyle="--",
+            label="projection (floor + peak headroom)" if first else None)
+    suffix = {3600.0: "h", 60.0: "min"}.get(unit, "s")
+    where = f"step {a.projected_exhaustion_step}" if axis == "step" else f"{px[1]:.1f} {suffix}"
+    if px[1] <= reach:
+        ax.plot([px[1]], [py[1] / GIB], marker="X", markersize=10, color="#d81b60", linestyle="none")
+        ax.annotate(f"projected exhaustion\n{where}", (px[1], py[1] / GIB), textcoords="offset points",
+                    xytext=(-8, -26), ha="right", fontsize=8, color="#d81b60")
+        return px[1]
+    ax.annotate(f"exhaustion projected at {where} \u2192", (reach, py[1] / GIB), textcoords="offset points",
+                xytext=(-4, -14), ha="right", fontsize=8, color="#d81b60")
+    return reach
+
+
+def _pool_title(view: PoolView) -> str:
+    return f"{view.name}: peak {view.peak_used / GIB:.2f} of {view.limit / GIB:.2f} GiB ({100.0 * view.peak_used / view.limit:.0f}%)"
+
+
+def _guard_title(view: PoolView) -> str:
+    """The guard's last word on the pool, short enough for a panel title."""
+    a = view.last
+    if a is None:
+        return "guard: off"
+    if not a.ready:
+        return f"guard at the end: {a.note or 'not enough readings'}"
+    if a.growing:
+        return (f"guard at the end: +{a.slope_bytes_per_step / MIB:.1f} MiB/step, "
+                f"limit reached at step {a.projected_exhaustion_step}")
+    return f"guard at the end: no sustained growth ({a.slope_bytes_per_step / MIB:+.2f} MiB/step)"
+
+
+def _draw_markers(ax, record: RunRecord, axis: str, unit: float) -> None:
+    labels = {"abort": "guard abort", "stop": "stopped (signal)", "restart": "restart / resume",
+              "eval": "evaluation"}
+    seen = set()
+    for marker in record.markers:
+        x = marker.step if axis == "step" else (marker.time_s / unit if marker.time_s is not None else None)
+        if x is None:
+            continue
+        if marker.kind == "warning":
+            ax.plot([x], [0.98], transform=ax.get_xaxis_transform(), marker="v", color="#ef6c00",
+                    markersize=6, linestyle="none", label="guard warning" if "warning" not in seen else None)
+            seen.add("warning")
+            continue
+        style = STYLE.get(marker.kind)
+        if style is None:
+            continue
+        ax.axvline(x, label=labels[marker.kind] if marker.kind not in seen else None, **style)
+        seen.add(marker.kind)
+        if axis == "step" and marker.kind in ("abort", "restart", "eval"):
+            # abort and eval labels left of their line, restarts right of it: an abort and the restart
+            # right after it stay readable
+            text, height, side = {"abort": (f"abort @ {marker.step}", 0.72, -1),
+                                  "restart": (f"{marker.label} @ {marker.step}", 0.72, 1),
+                                  "eval": (marker.label, 0.45, -1)}[marker.kind]
+            ax.annotate(text, (x, height), xycoords=("data", "axes fraction"), rotation=90, fontsize=7.5,
+                        ha="right" if side < 0 else "left", va="center", color=style["color"],
+                        xytext=(2 * side, 0), textcoords="offset points")
+
+
+# --------------------------------------------------------------------------------------------------
+# The page
+
+
+def _gib(n: float | None) -> str:
+    return "?" if n is None else f"{n / GIB:.2f} GiB"
+
+
+def _fmt(value, digits: int = 3) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+
+def write_markdown(record: RunRecord, path: Path, image_name: str) -> Path:
+    m = record.metrics or {}
+    rate, rate_source = steps_per_second(record)
+    experiment = (record.config or {}).get("experiment_name") or "?"
+    total = total_steps(record)
+    lines = [f"# Run report: {record.run_dir.name}", "", f"![memory report]({image_name})", "",
+             "| | |", "|---|---|",
+             f"| experiment | {experiment} |",
+             f"| outcome | {outcome(record)} |",
+             f"| steps | {last_step(record)}" + (f" of {total}" if total else "") + " |",
+             f"| AP / AP50 / AP75 | {_fmt(m.get('AP'))} / {_fmt(m.get('AP50'))} / {_fmt(m.get('AP75'))}"
+             + ("" if m else " (no final evaluation)") + " |",
+             f"| steps/s | {_fmt(rate, 2)}" + (f" ({rate_source})" if rate_source else "") + " |",
+             f"| guard | {record.settings_note}; horizon {record.settings.horizon_s:g} s |",
+             f"| restarts | {len(record.of_kind('restart'))} |", "",
+             "## Memory per pool", "",
+             "| pool | peak used | limit | peak / limit | last used | guard's last assessment |",
+             "|---|---|---|---|---|---|"]
+    for view in sorted(record.pools.values(), key=lambda v: (v.name == "host", v.name)):
+        lines.append(f"| {view.name} | {_gib(view.peak_used)} | {_gib(view.limit)} | "
+                     f"{100.0 * view.peak_used / view.limit:.0f}% | {_gib(view.rows[-1].used_bytes)} | "
+                     f"{assessment_text(view.last, record.settings)} |")
+    aborts = record.of_kind("abort")
+    lines += ["", "## Aborts", ""]
+    if aborts:
+        lines += ["| step | pool | reason | checkpoint |", "|---|---|---|---|"]
+        for marker in aborts:
+            d = marker.details
+            lines.append(f"| {marker.step} | {d.get('pool', '?')} | {d.get('reason', '?')} | "
+                         f"{d.get('checkpoint') or '-'} |")
+        replayed = [(step, view.name) for view in record.pools.values() for step, _, _ in view.replayed_aborts]
+        if replayed:
+            lines += ["", "Replaying the traces with the run's guard settings aborts at: "
+                      + ", ".join(f"step {step} ({pool})" for step, pool in sorted(replayed)) + "."]
+    else:
+        lines.append("None.")
+    stops = record.of_kind("stop")
+    if stops:
+        lines += ["", "## Other stops", ""] + [f"- step {s.step}: {s.label}" for s in stops]
+    restarts = record.of_kind("restart")
+    lines += ["", "## Restarts", ""]
+    if restarts:
+        lines += ["| at step | time | why |", "|---|---|---|"]
+        lines += [f"| {r.step} | {_fmt(r.time_s, 1)} s | {r.details.get('reason', '')} |" for r in restarts]
+    else:
+        lines.append("None.")
+    evals = record.of_kind("eval")
+    if evals:
+        lines += ["", "## Evaluations", "", "| step | AP | AP50 |", "|---|---|---|"]
+        lines += [f"| {e.step} | {_fmt(e.details.get('AP'))} | {_fmt(e.details.get('AP50'))} |" for e in evals]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+# --------------------------------------------------------------------------------------------------
+
+
+def _tensorboard_without_tensorflow() -> None:
+    """TensorBoard's event reader imports TensorFlow when it is installed (tens of seconds on a busy
+    machine) unless its `tensorboard.compat.notf` marker module exists (what TensorBoard's own
+    no-TensorFlow build ships); the report needs only the pure-Python record reader."""
+    if "tensorflow" not in sys.modules:
+        sys.modules.setdefault("tensorboard.compat.notf", types.ModuleType("tensorboard.compat.notf"))
+
+
+def make_report(run_dir: Path, out_dir: Path | None = None) -> tuple[Path, Path]:
+    """Write memory_report.png and report.md for `run_dir` into `out_dir` (default: the run dir)."""
+    record = load_run(Path(run_dir))
+    out_dir = Path(out_dir) if out_dir is not None else record.run_dir
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if not os.access(out_dir, os.W_OK):
+        raise UserError(f"{out_dir}: not writable; pass --out DIR")
+    image = plot_report(record, out_dir / "memory_report.png")
+    page = write_markdown(record, out_dir / "report.md", image.name)
+    return image, page
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tfodtrain.report",
+                                     description="Memory report of a tfodtrain run: memory_report.png and report.md.")
+    parser.add_argument("run_dir", metavar="RUN_DIR", help="the run dir (hydra.run.dir of the training run)")
+    parser.add_argument("--out", metavar="DIR", help="write the report here instead of into RUN_DIR")
+    args = parser.parse_args(argv)
+    _tensorboard_without_tensorflow()
+    try:
+        image, page = make_report(Path(args.run_dir), Path(args.out) if args.out else None)
+    except UserError as error:
+        print(f"report: {error}", file=sys.stderr)
+        return BAD_INPUT
+    print(f"wrote {image}")
+    print(f"wrote {page}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
