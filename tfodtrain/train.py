@@ -92,7 +92,8 @@ def build_experiment(cfg: DictConfig, data: dict):
     task.validation_data.global_batch_size = int(trainer.eval_batch_size)
     task.validation_data.dtype = compute_dtype
     task.validation_data.drop_remainder = False
-    params.runtime.mixed_precision_dtype = trainer.mixed_precision or "float32"
+    # Model Garden's names ("float16", not "mixed_float16"): create_optimizer adds loss scaling for float16
+    params.runtime.mixed_precision_dtype = compute_dtype
 
     optimizer = {"type": trainer.optimizer, trainer.optimizer: {}}
     if trainer.optimizer == "sgd":
@@ -192,20 +193,25 @@ def _internal_callbacks():
     from tfodtrain.callbacks.base import AbortRequest, RunCallback
 
     class ThroughputMeter(RunCallback):
-        """Steps/s from the end of the first (tracing) execution to the end of training, evals excluded."""
+        """Steps/s from the end of the first (tracing) execution to the end of the last, evals excluded.
+
+        It is the first callback: its marks bracket whole executions (step and every callback's hooks);
+        what follows the last step (final checkpoint, final evaluation) is not training time."""
 
         def on_train_begin(self, logs=None):
             self.start = time.monotonic()
             self.first_end = None
             self.last_step = self.run.initial_step
+            self.last_end = self.start
 
         def on_train_batch_end(self, batch, logs=None):
             self.last_step = self.run.step_of(batch)
+            self.last_end = time.monotonic()
             if self.first_end is None:
-                self.first_end = (time.monotonic(), self.last_step)
+                self.first_end = (self.last_end, self.last_step)
 
         def summary(self) -> dict:
-            end = time.monotonic()
+            end = self.last_end
             train_seconds = end - self.start - self.run.eval_seconds_since(self.start)
             rate = None
             if self.first_end is not None and self.last_step > self.first_end[1]:

@@ -52,6 +52,12 @@ class RunContext:
         """The global step after Keras batch index `batch` of this fit (0-based, per execution end)."""
         return self.initial_step + batch + 1
 
+    def execution_steps(self, step: int) -> int:
+        """Steps run by the execution that ended at global step `step`: `steps_per_execution`, except a
+        shorter last one (Keras ends executions every `steps_per_execution` steps from `initial_step`)."""
+        done_before = (step - self.initial_step - 1) // self.steps_per_execution * self.steps_per_execution
+        return step - self.initial_step - done_before
+
     def eval_seconds_since(self, since: float) -> float:
         """Seconds spent evaluating inside fit after monotonic time `since` (excluded from step rates)."""
         return sum(end - max(start, since) for start, end in self.eval_spans if end > since)
@@ -76,5 +82,4 @@ class RunCallback(tf_keras.callbacks.Callback):
         """True when a multiple of `every_n_steps` was crossed in the execution that ended at `step`."""
         if every_n_steps <= 0:
             return False
-        spe = self.run.steps_per_execution
-        return step // every_n_steps != (step - spe) // every_n_steps
+        return step // every_n_steps != (step - self.run.execution_steps(step)) // every_n_steps

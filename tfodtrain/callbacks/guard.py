@@ -55,7 +55,8 @@ class LeakGuard(RunCallback):
     def on_train_batch_end(self, batch, logs=None):
         if self.settings.mode == "off":
             return
-        sample = self.run.memory.sample_if_due(self.run.step_of(batch), self.run.steps_per_execution)
+        step = self.run.step_of(batch)
+        sample = self.run.memory.sample_if_due(step, self.run.execution_steps(step))
         if sample is None:
             return
         self.clues.observe(sample.step, self.model, self._summary)

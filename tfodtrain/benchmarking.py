@@ -1,0 +1,165 @@
+"""Measuring the training loop: tfodtrain against Model Garden's own trainer, and the monitor+guard overhead.
+
+The two benchmark scripts are thin command lines over this module:
+
+- `scripts/bench_throughput.py` trains one experiment config through tfodtrain (`python -m tfodtrain`,
+  default callbacks) and through Model Garden's `train_lib.run_experiment` (orbit), each run in a fresh
+  process. `train_model_garden` is the Model Garden side: the same `build_experiment` params, timed by
+  a `LoopTimer` orbit action, with two one-step loops first (`single_step_loops_controller`) so the
+  tracing step (and the checkpoint orbit saves after a fresh run's first loop) are left out, as
+  tfodtrain's `ThroughputMeter` leaves out its first execution.
+- `scripts/bench_overhead.py` runs one smoke-sized training in one process; the callback
+  `tfodtrain.callbacks.overhead.AlternatingBlocks` switches the memory monitor and leak guard on and off
+  in blocks of steps and times every step; `overhead_summary` reduces its blocks.
+
+Nothing here imports TensorFlow at module level (the scripts' parent processes stay light).
+
+Example:
+    >>> cfg = compose_run_config(["+experiment=smoke", "trainer.steps=22"], run_dir="/tmp/mg")
+    >>> train_model_garden(cfg, steps_per_loop=10)["steps_per_second"]
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+
+def compose_run_config(overrides: list[str], run_dir: str | Path) -> DictConfig:
+    """The config `python -m tfodtrain OVERRIDES hydra.run.dir=RUN_DIR` runs (Hydra's compose API)."""
+    from hydra import compose, initialize_config_dir
+
+    from tfodtrain.paths import config_dir
+
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3", job_name="bench"):
+        return compose(config_name="config", overrides=[*overrides, f"run_dir={run_dir}"])
+
+
+def default_value(group: str, key: str):
+    """A value of a config group's default file, e.g. `default_value("memory", "interval_steps")` -> 10."""
+    from tfodtrain.paths import config_dir
+
+    return OmegaConf.load(config_dir() / group / "default.yaml")[key]
+
+
+def round_up(value: int, multiple: int) -> int:
+    return -(-int(value) // int(multiple)) * int(multiple)
+
+
+# --------------------------------------------------------------------------------------------------
+# Model Garden's trainer, configured like the tfodtrain run it is compared with
+
+
+class LoopTimer:
+    """Orbit train action: the monotonic time and global step after every Model Garden train loop.
+
+    Orbit calls train actions right after `trainer.train(n)` returns, before it logs, writes summaries
+    and checkpoints; consecutive marks therefore bracket whole loop cycles, like consecutive
+    `on_train_batch_end` calls in Keras. The rate leaves out the first `skip_loops` loops.
+    """
+
+    def __init__(self, global_step, skip_loops: int = 2):
+        self.global_step = global_step
+        self.skip_loops = int(skip_loops)
+        self.marks: list[tuple[float, int]] = []
+
+    def __call__(self, train_output) -> None:
+        self.marks.append((time.monotonic(), int(self.global_step.numpy())))
+
+    def steps_per_second(self) -> float | None:
+        """Steps/s from the end of loop `skip_loops` to the end of the last loop."""
+        if len(self.marks) <= self.skip_loops:
+            return None
+        (t0, s0), (t1, s1) = self.marks[self.skip_loops - 1], self.marks[-1]
+        return (s1 - s0) / (t1 - t0) if t1 > t0 else None
+
+
+def single_step_loops_controller(first_loops: int = 2):
+    """An orbit.Controller whose first `first_loops` train loops are one step each, then `steps_per_loop`.
+
+    Loop 1 traces the train function. A fresh run's CheckpointManager has no previous save step, so
+    orbit saves a checkpoint after loop 1 whatever `checkpoint_interval` says: a one-off tfodtrain does
+    not have. With two one-step loops, timing from the end of loop 2 leaves out both and only one real
+    step with them. Everything else is orbit's own Controller.
+    """
+    import orbit
+
+    class SingleStepLoopsController(orbit.Controller):
+        def __init__(self, *args, steps_per_loop: int, **kwargs):
+            loop = int(steps_per_loop)
+            super().__init__(*args, steps_per_loop=lambda step: 1 if step < first_loops else loop, **kwargs)
+
+    return SingleStepLoopsController
+
+
+def model_garden_params(cfg: DictConfig, steps_per_loop: int):
+    """`build_experiment`'s params with Model Garden's trainer intervals matched to tfodtrain's run.
+
+    Loops of `steps_per_loop` steps (orbit fetches the loss, logs a line and writes its summaries once
+    per loop); summaries every `trainer.log_every` steps and checkpoints every `trainer.checkpoint_every`
+    steps (rounded up to whole loops, as orbit requires), `trainer.keep_checkpoints` kept; no evaluation.
+    """
+    from tfodtrain.train import build_experiment, resolve_data
+
+    params = build_experiment(cfg, resolve_data(cfg))
+    trainer = params.trainer
+    trainer.steps_per_loop = int(steps_per_loop)
+    trainer.summary_interval = round_up(cfg.trainer.log_every, steps_per_loop)
+    trainer.checkpoint_interval = round_up(cfg.trainer.checkpoint_every, steps_per_loop)
+    trainer.max_to_keep = int(cfg.trainer.keep_checkpoints)
+    return params
+
+
+def train_model_garden(cfg: DictConfig, steps_per_loop: int) -> dict:
+    """Train `cfg` with Model Garden's `train_lib.run_experiment` in `cfg.run_dir`; returns the timing.
+
+    Same seed, device setup, mixed-precision policy and (through `build_experiment`) the same task, data
+    and optimizer config as `tfodtrain.train.train`; the default distribution strategy, as tfodtrain uses.
+    """
+    import tensorflow as tf
+    import tf_keras
+    from official.core import task_factory, train_lib, train_utils
+
+    from tfodtrain.train import configure_devices
+
+    run_dir = Path(cfg.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    tf_keras.utils.set_random_seed(int(cfg.seed))
+    configure_devices(cfg.memory)
+    params = model_garden_params(cfg, steps_per_loop)
+    if cfg.trainer.mixed_precision:
+        tf_keras.mixed_precision.set_global_policy(cfg.trainer.mixed_precision)
+    task = task_factory.get_task(params.task, logging_dir=str(run_dir))
+    strategy = tf.distribute.get_strategy()
+    with strategy.scope():
+        trainer = train_utils.create_trainer(params, task, train=True, evaluate=False)
+    timer = LoopTimer(trainer.global_step, skip_loops=2)
+    started = time.monotonic()
+    train_lib.run_experiment(distribution_strategy=strategy, task=task, mode="train", params=params,
+                             model_dir=str(run_dir), trainer=trainer, train_actions=[timer],
+                             controller_cls=single_step_loops_controller(first_loops=2))
+    first_loop = timer.marks[0][0] - started if timer.marks else None
+    return {"steps_per_second": timer.steps_per_second(), "steps": int(trainer.global_step.numpy()),
+            "timed_steps": timer.marks[-1][1] - timer.marks[1][1] if len(timer.marks) > 1 else 0,
+            "first_loop_seconds": first_loop, "loops": len(timer.marks)}
+
+
+# --------------------------------------------------------------------------------------------------
+# Monitor + guard overhead (the callback that switches them: tfodtrain.callbacks.overhead)
+
+
+def overhead_summary(blocks: list[dict]) -> dict:
+    """Median per-step time with and without, their ratio, and the median of adjacent-pair ratios."""
+    with_times = [b["seconds_per_step"] for b in blocks if b["with"]]
+    without_times = [b["seconds_per_step"] for b in blocks if not b["with"]]
+    by_index = {b["block"]: b for b in blocks}
+    pairs = [by_index[i]["seconds_per_step"] / by_index[i + 1]["seconds_per_step"]
+             for i in by_index if by_index[i]["with"] and i + 1 in by_index]
+    with_median, without_median = statistics.median(with_times), statistics.median(without_times)
+    return {"with_blocks": len(with_times), "without_blocks": len(without_times),
+            "median_step_s_with": with_median, "median_step_s_without": without_median,
+            "overhead_ratio": with_median / without_median,
+            "paired_ratio_median": statistics.median(pairs) if pairs else None}
