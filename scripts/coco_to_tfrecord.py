@@ -48,12 +48,12 @@ def load_coco(annotations: Path, contiguous_ids: bool):
 def convert(annotations: Path, images_dir: Path, output: str, shards: int = 1, contiguous_ids: bool = False,
             workers: int = 0) -> dict:
     """Write `output`-0000i-of-0000n.tfrecord and label_map.json; returns counts and what to train with."""
-    from official.vision.data import create_coco_tf_record, tfrecord_lib
-
     images, by_image, id_to_name = load_coco(annotations, contiguous_ids)
     missing = [im["file_name"] for im in images if not (images_dir / im["file_name"]).is_file()]
     if missing:
         raise ValueError(f"{len(missing)} images of {annotations.name} are not in {images_dir} (first: {missing[0]})")
+    from official.vision.data import create_coco_tf_record, tfrecord_lib  # TensorFlow: once the inputs are known good
+
     Path(output).parent.mkdir(parents=True, exist_ok=True)
     examples = create_coco_tf_record.generate_annotations(
         images=images, image_dirs=[str(images_dir)], img_to_obj_annotation=by_image, id_to_name_map=id_to_name)

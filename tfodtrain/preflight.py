@@ -322,17 +322,17 @@ def _line(trials: list[Trial], pool: str):
 
 
 def largest_fitting(trials: list[Trial], run_step, targets: dict[str, int], upper: int,
-                    max_steps: int = MAX_SEARCH_STEPS, ascending: bool = False) -> int | None:
+                    max_steps: int = MAX_SEARCH_STEPS, ascending_after: int | None = None) -> int | None:
     """The largest batch size in 1..upper whose measured step fits all `targets`, after at most
     `max_steps` more steps (`run_step(batch_size) -> Trial`); None when even batch size 1 does not fit.
 
     Each proposal is the batch size where the line through the peaks reaches the binding pool's target
     (halving, as Hugging Face's auto batch size does, or growing 4x, while there is no line yet).
-    `ascending`: host RSS in one process only measures steps bigger than the ones before it, so the
-    steps run here start at batch size 1 and only grow.
+    `ascending_after`: host RSS in one process only measures steps bigger than the ones before it, so
+    each step run here must be bigger than this batch size and the steps before it (0: start at 1).
     """
     trials = list(trials)
-    measured_here: list[int] = []
+    largest_run = ascending_after
     for _ in range(max_steps):
         fitting = [t.batch_size for t in trials if _fits(t, targets)]
         failing = [t.batch_size for t in trials if not _fits(t, targets)]
@@ -351,12 +351,12 @@ def largest_fitting(trials: list[Trial], run_step, targets: dict[str, int], uppe
         if proposal is None:
             proposal = min(lo * 4, upper) if lo else max(1, hi // 2)
         proposal = max(lo + 1, min(hi - 1, proposal))
-        if ascending:
-            if not measured_here:
+        if largest_run is not None:
+            if largest_run == 0:
                 proposal = 1
-            elif proposal <= max(measured_here):
+            elif proposal <= largest_run:
                 break
-        measured_here.append(proposal)
+            largest_run = proposal
         trials.append(run_step(proposal))
     best = max((t.batch_size for t in trials if _fits(t, targets)), default=None)
     return best
@@ -471,7 +471,8 @@ def check_memory(cfg, trials: StepTrials, gpu_count: int, auto_batch: bool, data
         found = None
         if auto_batch:
             upper = int(cfg.trainer.get("auto_batch_max", 64))
-            found = largest_fitting([first], trials.run, search_targets, upper)
+            found = largest_fitting([first], trials.run, search_targets, upper,
+                                    ascending_after=None if gpu_count else batch_size)
         elif not _fits(first, targets) and gpu_count:  # allocator peaks: exact in this process
             found = largest_fitting([first], trials.run, search_targets, batch_size - 1)
         elif not _fits(first, targets):  # host RSS: the smaller steps run in a fresh process
@@ -559,7 +560,7 @@ def _search_main(request_path: str) -> None:
         measured.append(trial.to_dict())
         return trial
 
-    found = largest_fitting([shifted], run_step, targets, parent["batch_size"] - 1, ascending=True)
+    found = largest_fitting([shifted], run_step, targets, parent["batch_size"] - 1, ascending_after=0)
     print(json.dumps({"found": found, "offset_bytes": offset, "trials": measured}), flush=True)
 
 

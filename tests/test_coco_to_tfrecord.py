@@ -1,0 +1,74 @@
+"""scripts/coco_to_tfrecord.py: a tiny COCO set becomes TFRecords the record scan and TensorFlow's reader accept."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from PIL import Image
+
+from tfodtrain.data.validate import example_class, iter_records, scan_records
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _tiny_coco(root: Path) -> Path:
+    images = root / "images"
+    images.mkdir()
+    for name, size in (("a.jpg", (64, 48)), ("b.jpg", (40, 40))):
+        Image.new("RGB", size, (120, 60, 30)).save(images / name, format="JPEG")
+    coco = {
+        "images": [{"id": 7, "file_name": "a.jpg", "width": 64, "height": 48},
+                   {"id": 9, "file_name": "b.jpg", "width": 40, "height": 40}],
+        "categories": [{"id": 3, "name": "cat"}, {"id": 18, "name": "dog"}],
+        "annotations": [
+            {"id": 1, "image_id": 7, "category_id": 18, "bbox": [8, 4, 32, 20], "area": 640, "iscrowd": 0},
+            {"id": 2, "image_id": 7, "category_id": 3, "bbox": [0, 0, 10, 10]},  # no area / iscrowd: filled in
+            {"id": 3, "image_id": 9, "category_id": 3, "bbox": [30, 30, 20, 5], "area": 100, "iscrowd": 0},  # outside
+        ],
+    }
+    path = root / "instances.json"
+    path.write_text(json.dumps(coco))
+    return path
+
+
+def _run(*args):
+    return subprocess.run([sys.executable, str(REPO / "scripts" / "coco_to_tfrecord.py"), *args], capture_output=True,
+                          text=True, timeout=600, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+
+
+def test_converts_a_tiny_coco_set(tmp_path):
+    annotations = _tiny_coco(tmp_path)
+    out = _run("--annotations", str(annotations), "--images", str(tmp_path / "images"),
+               "--output", str(tmp_path / "out" / "train"), "--shards", "2", "--contiguous-ids")
+    assert out.returncode == 0, out.stderr[-2000:]
+    result = json.loads(out.stdout)
+    assert result["images"] == 2 and result["num_classes"] == 3 and result["skipped_boxes"] == 1
+    assert json.loads((tmp_path / "out" / "label_map.json").read_text()) == {"1": "cat", "2": "dog"}
+    files = sorted(str(p) for p in (tmp_path / "out").glob("train-*-of-00002.tfrecord"))
+    assert len(files) == 2
+    scan = scan_records(files, num_classes=result["num_classes"])
+    assert scan.checked == 2 and scan.bad == []
+    records = {}
+    for path in files:
+        for _, data in iter_records(path):
+            example = example_class()()
+            example.ParseFromString(data)
+            feature = example.features.feature
+            records[feature["image/source_id"].bytes_list.value[0]] = feature
+    a = records[b"7"]
+    assert list(a["image/object/class/label"].int64_list.value) == [2, 1]  # dog, cat renumbered
+    assert [round(v, 3) for v in a["image/object/bbox/xmin"].float_list.value] == [0.125, 0.0]
+    assert "image/object/class/label" not in records[b"9"]  # its only box reached outside the image: skipped
+
+
+def test_bad_arguments_get_one_line(tmp_path):
+    out = _run("--annotations", str(tmp_path / "missing.json"), "--images", str(tmp_path), "--output", str(tmp_path / "o"))
+    assert out.returncode == 2 and out.stderr.strip().startswith("coco_to_tfrecord: error: --annotations")
+    annotations = _tiny_coco(tmp_path)
+    (tmp_path / "images" / "b.jpg").unlink()
+    out = _run("--annotations", str(annotations), "--images", str(tmp_path / "images"), "--output", str(tmp_path / "o"))
+    assert out.returncode == 2 and "1 images of instances.json are not in" in out.stderr and "Traceback" not in out.stderr
