@@ -68,6 +68,9 @@ def _is_child() -> bool:
 
 
 def main() -> None:
+    from tfodtrain.supervise import enable_fault_log
+
+    enable_fault_log()  # a supervised child: a crash's Python traceback goes to RUN_DIR/faults.log
     args = sys.argv[1:]
     takes_value = {"--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn",
                    "--config-dir", "-cd", "--info", "-i"}

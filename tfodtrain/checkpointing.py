@@ -3,6 +3,13 @@
 Every saver (the periodic callback, the leak guard's abort, the signal handler, the OOM handler) goes
 through the same `Checkpointer`, so there is one numbering, one retention policy and one directory.
 
+Survives a kill at any moment: TensorFlow names a checkpoint in the `checkpoint` state file only once
+its files are complete, and a restore falls back to the previous one if the newest is damaged
+(tfodtrain.checkpoint_files). A checkpoint once written is never rewritten in place; a save that fails
+(a full disk) removes its partial files and raises `CheckpointWriteError` (exit 74), the previous
+checkpoint intact. Non-chief workers of a multi-worker run write to a scratch dir (`write_directory`),
+deleted after each save: every worker must take part in a save, only the chief's files are kept.
+
 Example:
     >>> ckpt = Checkpointer(run_dir / "checkpoints", model=detector, optimizer=optimizer, keep=3)
     >>> ckpt.restore_latest()        # None on a fresh run dir, else the restored step
@@ -12,55 +19,127 @@ Example:
 from __future__ import annotations
 
 import logging
+import shutil
 from pathlib import Path
 
 import tensorflow as tf
 
+from tfodtrain import checkpoint_files, exit_codes
 from tfodtrain.exit_codes import UserError
+from tfodtrain.train import TrainingStopped
 
 log = logging.getLogger(__name__)
+MIB = 1 << 20
+
+# A restore that fails with one of these read a damaged checkpoint (truncated data, missing file): the
+# previous one is tried. Shape or structure mismatches (ValueError, AssertionError) mean another model.
+_DAMAGED = (tf.errors.DataLossError, tf.errors.NotFoundError, tf.errors.OutOfRangeError, IndexError, OSError)
+
+
+class CheckpointWriteError(TrainingStopped):
+    """A checkpoint could not be written (full disk, quota, I/O error); the previous one is intact."""
+
+    def __init__(self, reason: str):
+        super().__init__(exit_codes.CHECKPOINT_WRITE_FAILED, reason)
 
 
 class Checkpointer:
-    def __init__(self, directory: Path, model, optimizer, keep: int = 3):
-        self.directory = Path(directory)
+    def __init__(self, directory: Path, model, optimizer, keep: int = 3, write_directory: Path | None = None):
+        self.directory = Path(directory)  # where checkpoints are restored from
+        self.write_directory = Path(write_directory or directory)  # scratch (deleted after saves) if not `directory`
         self.step = optimizer.iterations  # the global step is the optimizer's iteration count
         self.checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, global_step=self.step)
         self.manager = tf.train.CheckpointManager(
-            self.checkpoint, str(self.directory), max_to_keep=keep, step_counter=self.step
+            self.checkpoint, str(self.write_directory), max_to_keep=keep, step_counter=self.step
         )
         self._last_saved_step: int | None = None
 
     @property
     def latest(self) -> str | None:
-        return self.manager.latest_checkpoint
+        self._latest: str | None = self.manager.latest_checkpoint if self.is_writer else None
+        self._holding = False  # multi-worker: saves are requested, then made by all workers together
+        self._requested = False
+        if self.is_writer and self.directory.is_dir():
+            for leftover in checkpoint_files.remove_partial_saves(self.directory):
+                log.warning("Removed %s, left by a save that was killed midway", leftover)
+
+    @property
+    def is_writer(self) -> bool:
+        """False on a non-chief worker, whose saves go to a scratch dir."""
+        return self.write_directory == self.directory
+        return self._latest
+
+    def hold_saves(self) -> None:
+        """From now on `save()` only records a request (see tfodtrain.distribute.WorkerAgreement)."""
+        self._holding, self._requested = True, False
+
+    def take_request(self) -> bool:
+        """Whether a save was requested since the last call (while holding); clears the request."""
+        requested, self._requested = self._requested, False
+        return requested
+
+    def release_saves(self) -> None:
+        self._holding = False
 
     def restore_latest(self) -> int | None:
-        """Restore the newest complete checkpoint; returns its step, or None if there is none."""
-        path = self.manager.latest_checkpoint
-        if path is None:
-            return None
-        try:
-            status = self.checkpoint.restore(path)
-            # Objects that exist now (the built model, the optimizer's step) must all match; the
-            # optimizer's slots are created later and restored then.
-            status.assert_existing_objects_matched()
-        except (ValueError, AssertionError, tf.errors.InvalidArgumentError) as error:
-            first_line = str(error).strip().splitlines()[0][:300]
-            raise UserError(
-                f"the checkpoint {path} does not fit this configuration (another model or other classes?): "
-                f"{first_line}. Use a new run dir (hydra.run.dir=...) or the configuration it was trained with"
-            ) from None
-        step = int(self.step.numpy())
-        self._last_saved_step = step
-        return step
+        """Restore the newest complete checkpoint; returns its step, or None if there is none.
+
+        A damaged checkpoint (killed mid-write outside TensorFlow's protocol, truncated, deleted) is
+        skipped with a warning for the one before it; one that does not fit the built model is a
+        UserError (exit 2) and nothing is written. The model must be built (all variables created).
+        """
+        for candidate in checkpoint_files.candidates(self.directory):
+            path = str(candidate.prefix)
+            try:
+                status = self.checkpoint.restore(path)
+                # Objects that exist now (the built model, the optimizer's step) must all match; the
+                # optimizer's slots are created later and restored then.
+                status.assert_existing_objects_matched()
+            except _DAMAGED as error:
+                log.warning("Checkpoint %s is damaged (%s: %s); trying the one before it", path,
+                            type(error).__name__, _first_line(error))
+                continue
+            except (ValueError, AssertionError, tf.errors.InvalidArgumentError) as error:
+                raise UserError(
+                    f"the checkpoint {path} does not fit this configuration (another model or other classes?): "
+                    f"{_first_line(error)}. Use a new run dir (hydra.run.dir=...) or the configuration it "
+                    "was trained with"
+                ) from None
+            step = int(self.step.numpy())
+            self._last_saved_step, self._latest = step, path
+            return step
+        return None
 
     def save(self, force: bool = False) -> str | None:
-        """Save at the current step (once per step; `force` re-saves a step already saved)."""
+        """Save at the current step; returns the checkpoint's path.
+
+        A step is saved once, `force` or not: rewriting the newest checkpoint in place would break it
+        if the process were killed or the disk filled mid-write. (`force` marks callers that need a
+        checkpoint now: guard abort, OOM.) While `hold_saves()` is on, the save is only requested.
+        """
         step = int(self.step.numpy())
-        if not force and step == self._last_saved_step:
-            return self.manager.latest_checkpoint
-        path = self.manager.save(checkpoint_number=step)
-        self._last_saved_step = step
+        if step == self._last_saved_step:
+            return self._latest
+        path = str(self.directory / f"{checkpoint_files.PREFIX}-{step}")
+        if self._holding:
+            self._requested = True
+            return path
+        try:
+            self.manager.save(checkpoint_number=step)
+        except (tf.errors.OpError, OSError) as error:
+            checkpoint_files.remove_unlisted(self.write_directory, step)
+            free_mib = shutil.disk_usage(self.write_directory).free // MIB
+            raise CheckpointWriteError(
+                f"cannot write checkpoint {path} ({_first_line(error)}; {free_mib} MiB free on its disk); "
+                f"the previous checkpoint {self._latest} is intact. Free space (or lower "
+                "trainer.keep_checkpoints), then rerun the same command to resume") from None
+        if not self.is_writer:
+            shutil.rmtree(self.write_directory, ignore_errors=True)
+        self._last_saved_step, self._latest = step, path
         log.info("Saved checkpoint %s (step %d)", path, step)
         return path
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return (text.splitlines()[0] if text else type(error).__name__)[:300]

@@ -65,6 +65,8 @@ def check_config(cfg: DictConfig) -> None:
     _number(cfg, "trainer.steps_per_execution", int, 1)
     _number(cfg, "trainer.shuffle_buffer", int, 1)
     _number(cfg, "trainer.max_restarts", int, 0)
+    _number(cfg, "trainer.restart_backoff_s", float, 0)
+    _choice(cfg, "trainer.strategy", ("auto", "default", "mirrored", "multi_worker"))
     _choice(cfg, "trainer.optimizer", ("sgd", "adam", "adamw"))
     _choice(cfg, "trainer.mixed_precision", (None, "mixed_float16", "mixed_bfloat16"))
     _number(cfg, "memory.interval_steps", int, 1)

@@ -6,6 +6,7 @@ A scheduler or the supervisor reads these to decide whether to restart a run.
 OK = 0  # training finished
 BUG = 1  # unexpected error: a traceback was printed
 BAD_INPUT = 2  # bad configuration or input: one line says what to fix; nothing was written
+CHECKPOINT_WRITE_FAILED = 74  # a checkpoint could not be written (disk full?); the previous one is intact
 GUARD_ABORT = 75  # the leak guard saved a checkpoint and stopped the run before memory ran out
 OUT_OF_MEMORY = 76  # an out-of-memory error was raised; an emergency checkpoint was attempted
 INTERRUPTED = 130  # SIGINT: checkpoint saved, then exit (128 + 2)

@@ -234,10 +234,13 @@ def _internal_callbacks():
                 self._previous[signum] = signal.signal(signum, self._handle)
 
         def _handle(self, signum, frame):
+            # Only record it: the step's end acts (and, with several workers, all workers agree first).
             self.received = signum
-            self.model.stop_training = True
 
         def on_train_batch_end(self, batch, logs=None):
+            self._checkpoint_and_stop()
+
+        def _checkpoint_and_stop(self):
             if self.received is not None and self.run.abort is None:
                 name = signal.Signals(self.received).name
                 path = self.run.checkpointer.save()
@@ -245,6 +248,7 @@ def _internal_callbacks():
                 self.model.stop_training = True
 
         def on_train_end(self, logs=None):
+            self._checkpoint_and_stop()  # a signal that came after the last step's check
             for signum, handler in self._previous.items():
                 signal.signal(signum, handler)
 
@@ -297,7 +301,9 @@ def train(cfg: DictConfig) -> dict:
         from tfodtrain import use
 
         return use.run_mode(cfg)
-    run_dir = Path(cfg.run_dir)
+    from tfodtrain import distribute
+
+    run_dir = distribute.worker_run_dir(Path(cfg.run_dir))  # other workers than the chief: RUN_DIR/worker-i
     run_dir.mkdir(parents=True, exist_ok=True)
     data = resolve_data(cfg)  # bad paths fail here, before TensorFlow builds anything
 
@@ -312,6 +318,7 @@ def train(cfg: DictConfig) -> dict:
     tf_keras.utils.set_random_seed(int(cfg.seed))
     gpus = configure_devices(cfg.memory)
     if cfg.memory.kill_over_budget and cfg.memory.budget_mb:
+    strategy = distribute.make_strategy(cfg.trainer.strategy, gpus)  # before any op (multi-worker needs it)
         from tfodtrain.memory.budget import OomKillerEmulator
 
         OomKillerEmulator(int(cfg.memory.budget_mb * MIB)).start()
@@ -322,14 +329,7 @@ def train(cfg: DictConfig) -> dict:
     if cfg.trainer.mixed_precision:
         tf_keras.mixed_precision.set_global_policy(cfg.trainer.mixed_precision)
 
-    OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
-    run_info = {"experiment": cfg.experiment_name, "seed": int(cfg.seed), "versions": _versions(),
-                "git_commit": _git_commit(), "argv": sys.argv, "host": platform.node(),
-                "data": {k: v for k, v in data.items() if k != "label_map"}}
-    write_json(run_dir / "run_info.json", run_info)
-
     task = task_factory.get_task(params.task, logging_dir=str(run_dir))
-    strategy = tf.distribute.get_strategy()
     with strategy.scope():
         detector = task.build_model()
         task.initialize(detector)
@@ -338,7 +338,9 @@ def train(cfg: DictConfig) -> dict:
         trainer_model.compile(optimizer=optimizer, steps_per_execution=int(cfg.trainer.steps_per_execution),
                               jit_compile=bool(cfg.trainer.jit_compile))
 
-    checkpointer = Checkpointer(run_dir / "checkpoints", detector, optimizer, keep=int(cfg.trainer.keep_checkpoints))
+    checkpointer = Checkpointer(Path(cfg.run_dir) / "checkpoints", detector, optimizer,
+                                keep=int(cfg.trainer.keep_checkpoints),
+                                write_directory=distribute.scratch_checkpoint_dir(Path(cfg.run_dir)))
     restored = checkpointer.restore_latest()
     initial_step = restored or 0
     total_steps = int(cfg.trainer.steps)
@@ -350,6 +352,15 @@ def train(cfg: DictConfig) -> dict:
     # float64 check, then one real step (undone) whose peak memory must fit each pool's limit (exit 2 if not)
     train_ds, val_ds = before_fit(cfg, params, trainer_model, train_ds, val_ds, gpus, auto_batch, data)
     evaluator = CocoEvaluator(task, detector, val_ds, max_batches=cfg.trainer.eval_steps)
+
+    # Written once the checkpoint is known to fit: a mismatched config leaves the run dir as it was.
+    OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+    run_info = {"experiment": cfg.experiment_name, "seed": int(cfg.seed), "versions": _versions(),
+                "git_commit": _git_commit(), "argv": sys.argv, "host": platform.node(),
+                "data": {k: v for k, v in data.items() if k != "label_map"},
+                "distribution": distribute.describe(strategy)}
+    write_json(run_dir / "run_info.json", run_info)
+
     writer = tf.summary.create_file_writer(str(run_dir / "tensorboard"))
     run = RunContext(run_dir=run_dir, config=OmegaConf.to_container(cfg, resolve=True), checkpointer=checkpointer,
                      summary_writer=writer, initial_step=initial_step, total_steps=total_steps,
@@ -361,7 +372,10 @@ def train(cfg: DictConfig) -> dict:
         internal.append(PeriodicEvaluation(evaluator, int(cfg.trainer.eval_every)))
     for callback in internal:
         callback.attach(run)
-    callbacks = internal[:2] + build_callbacks(cfg, run) + internal[2:]
+    agreement = distribute.agreement_callbacks(strategy)  # several workers: stop and save together, last
+    for callback in agreement:
+        callback.attach(run)
+    callbacks = internal[:2] + build_callbacks(cfg, run) + internal[2:] + agreement
 
     remaining = total_steps - initial_step
     if remaining > 0:
@@ -410,7 +424,10 @@ def _emergency_checkpoint(checkpointer) -> str | None:
 def run(cfg: DictConfig) -> int:
     """Train and map the outcome to an exit code (see tfodtrain.exit_codes)."""
     try:
-        train(cfg)
+    from tfodtrain.preemption import stop_on_signals
+
+        with stop_on_signals():  # SIGTERM / SIGINT outside fit: exit 143 / 130, no traceback
+            train(cfg)
     except UserError as error:
         print(f"tfodtrain: error: {error}", file=sys.stderr)
         return exit_codes.BAD_INPUT

@@ -1,0 +1,74 @@
+"""Workers of a multi-worker run agree, once per step, to stop and to save together (tfodtrain.distribute)."""
+
+from __future__ import annotations
+
+import logging
+
+import tensorflow as tf
+
+from tfodtrain.callbacks.base import AbortRequest, RunCallback
+
+log = logging.getLogger(__name__)
+
+
+class WorkerAgreement(RunCallback):
+    """All workers stop and save together: goes last among the callbacks of a multi-worker run.
+
+    While fit runs, the run's Checkpointer only records save requests (`hold_saves`). After every
+    execution (and at the end of training) each worker shares [exit code of its stop request, whether
+    it wants a save, its step]; if any worker wants a save, all save; if any must stop, all stop at
+    this step, with the exit code of the lowest-indexed worker that stopped (a worker that stopped for
+    a reason of its own keeps its own code).
+
+    Example (train.py appends it for MultiWorkerMirroredStrategy, after every other callback):
+        >>> callbacks = configured_callbacks + tfodtrain.distribute.agreement_callbacks(strategy)
+    """
+
+    def __init__(self, strategy, role):
+        super().__init__()
+        self.strategy = strategy
+        self.role = role
+        replicas = strategy.num_replicas_in_sync
+
+        def one_row_per_replica(row):
+            replica = tf.distribute.get_replica_context().replica_id_in_sync_group
+            return tf.one_hot(replica, replicas, dtype=tf.float32)[:, None] * row[None, :]
+
+        @tf.function
+        def share(row):  # SUM of one-hot rows: every worker gets every replica's row (collectives sum only)
+            per_replica = strategy.run(one_row_per_replica, args=(row,))
+            return strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
+
+        self._share = share
+
+    def on_train_begin(self, logs=None):
+        self.stopped_at = None
+        self.run.checkpointer.hold_saves()
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._agree(self.run.step_of(batch))
+
+    def on_train_end(self, logs=None):
+        self._agree(int(self.run.checkpointer.step.numpy()))
+        self.run.checkpointer.release_saves()
+
+    def _agree(self, step: int) -> None:
+        local = self.run.abort.exit_code if self.run.abort is not None else 0
+        wants_save = self.run.checkpointer.take_request()
+        row = tf.constant([local, float(wants_save), step, self.role.index], tf.float32)
+        table = self._share(row).numpy()
+        stopping = [r for r in table if r[0] > 0]
+        if table[:, 1].max() > 0:
+            self.run.checkpointer.release_saves()
+            self.run.checkpointer.save(force=True)
+            self.run.checkpointer.hold_saves()
+        if not stopping or self.stopped_at is not None:
+            return
+        first = min(stopping, key=lambda r: r[3])  # the lowest worker index wins; all workers pick the same
+        code, worker = int(first[0]), int(first[3])
+        if self.run.abort is None:
+            self.run.request_abort(AbortRequest(
+                code, f"worker {worker} stopped at step {step} (exit {code}); every worker stops with it"))
+        log.warning("Workers agreed: stop at step %d with exit %d (worker %d asked)", step, code, worker)
+        self.stopped_at = step
+        self.model.stop_training = True
