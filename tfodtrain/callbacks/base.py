@@ -70,10 +70,13 @@ class RunContext:
 class RunCallback(tf_keras.callbacks.Callback):
     """A tf_keras callback bound to the run (checkpointer, run dir, step, shared memory sampler)."""
 
-    # Keras then hands batch hooks the raw tensors instead of syncing them to numpy every batch.
-    _supports_tf_logs = True
-
     run: RunContext
+
+    def __init__(self):
+        super().__init__()
+        # Keras then hands batch hooks the raw tensors instead of syncing them to numpy every batch (a
+        # device sync per step). Set here: tf_keras' Callback.__init__ sets it False on the instance.
+        self._supports_tf_logs = True
 
     def attach(self, run: RunContext) -> None:
         self.run = run

@@ -236,7 +236,7 @@ class MemoryMonitor(RunCallback):
             from tfodtrain.callbacks.scalars import ScalarWriter
 
             self._scalars = ScalarWriter(writer)
-        self._scalars.write(sample.step, scalars)  # one compiled call, not ~1 ms of eager ops per scalar
+        self._scalars.write(sample.step, scalars)  # one event, not ~1 ms of eager ops per scalar
         if not self.write_traces:
             return
         for p in sample.pools.values():
