@@ -45,8 +45,8 @@ def find_browser() -> tuple[str, str]:
     chromium = next((p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)
     driver = shutil.which("chromedriver")
     if not chromium or not driver:
-        pytest.skip("no Chromium/chromedriver here and none could be installed: run .ci/install-browser "
-                    "(apt-get install -y chromium chromium-driver) to run the browser test")
+        pytest.skip("browser test skipped: no Chromium/chromedriver on PATH and none could be installed here "
+                    "(.ci/install-browser runs apt-get install -y chromium chromium-driver)")
     return chromium, driver
 
 

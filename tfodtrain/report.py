@@ -24,7 +24,9 @@ Bad input (no such directory, a directory without a run, a damaged file) prints 
 from __future__ import annotations
 
 import argparse
+import bisect
 import dataclasses
+import itertools
 import json
 import math
 import os
@@ -238,13 +240,16 @@ def _restart_markers(processes: list[Process], ends: list[dict]) -> list[Marker]
         if index == 0:
             continue
         previous = ends[index - 1] if index - 1 < len(ends) else None
-        if previous is not None:
-            why = (f"attempt {previous.get('attempt', index)} ended: {previous.get('cause', '?')} "
-                   f"(exit {previous.get('exit_code')}); {previous.get('note', '')}").strip().rstrip(";")
+        supervised = previous is not None and previous.get("restart")
+        if supervised:
+            why = (f"attempt {previous.get('attempt', index)} ended: {previous.get('cause', '?')}; "
+                   f"{previous.get('note', '')}").strip().rstrip(";")
+        elif previous is not None:
+            why = f"resumed by a new command after: {previous.get('note', previous.get('cause', '?'))}"
         else:
-            why = "resumed from the checkpoint (a new training process)"
-        markers.append(Marker("restart", process.first[0], process.first[1],
-                              "restart" if previous is not None else "resume", {"pid": process.pid, "reason": why}))
+            why = "resumed from the checkpoint by a new command"
+        markers.append(Marker("restart", process.first[0], process.first[1], "restart" if supervised else "resume",
+                              {"pid": process.pid, "reason": why}))
     return markers
 
 
@@ -322,11 +327,13 @@ def load_run(run_dir: Path) -> RunRecord:
 
 def _place_in_time(record: RunRecord) -> None:
     """Markers known only by step get the time of the latest reading at or before that step."""
-    rows = sorted((r for view in record.pools.values() for r in view.rows), key=lambda r: r.time_s)
+    rows = sorted((r for view in record.pools.values() for r in view.rows), key=lambda r: r.step)
+    steps = [r.step for r in rows]
+    latest = list(itertools.accumulate((r.time_s for r in rows), max))  # steps repeat after a resume
     for marker in record.markers:
-        if marker.time_s is None:
-            before = [r.time_s for r in rows if r.step <= marker.step]
-            marker.time_s = before[-1] if before else (rows[0].time_s if rows else None)
+        if marker.time_s is None and rows:
+            index = bisect.bisect_right(steps, marker.step) - 1
+            marker.time_s = latest[index] if index >= 0 else rows[0].time_s
 
 
 # --------------------------------------------------------------------------------------------------
@@ -383,17 +390,19 @@ def outcome(record: RunRecord) -> str:
     """One line: finished, aborted by the guard, stopped, or unknown (killed or still running)."""
     aborts, restarts, stops = record.of_kind("abort"), record.of_kind("restart"), record.of_kind("stop")
     after = []
-    if aborts:
-        after.append(f"{len(aborts)} guard abort{'s' if len(aborts) > 1 else ''}")
-    if restarts:
-        after.append(f"{len(restarts)} restart{'s' if len(restarts) > 1 else ''}")
+    for count, noun in ((len(aborts), "guard abort"), (len(stops), "other stop"),
+                        (sum(m.label == "restart" for m in restarts), "restart"),
+                        (sum(m.label == "resume" for m in restarts), "resume")):
+        if count:
+            after.append(f"{count} {noun}{'s' if count > 1 else ''}")
+    after = [", ".join(after[:-1]) + " and " + after[-1]] if len(after) > 1 else after
     finished_at = record.metrics.get("steps") if record.metrics else None
     last_abort = aborts[-1] if aborts else None
     if finished_at is not None and (last_abort is None or finished_at > last_abort.step):
-        return f"finished at step {finished_at}" + (f" after {' and '.join(after)}" if after else "")
+        return f"finished at step {finished_at}" + (f" after {after[0]}" if after else "")
     if last_abort is not None and last_abort.step >= last_step(record):
         text = f"aborted by the leak guard at step {last_abort.step} (exit {GUARD_ABORT})"
-        return text + (f"; earlier: {' and '.join(after)}" if len(aborts) > 1 or restarts else "")
+        return text + (f"; in all: {after[0]}" if len(aborts) > 1 or restarts else "")
     if stops and stops[-1].step >= last_step(record):
         final = record.process_ends[-1] if record.process_ends else {}
         note = f" ({final['note']})" if final.get("note") and not final.get("restart") else ""
@@ -430,16 +439,20 @@ def _time_unit(seconds: float) -> tuple[float, str]:
     return 1.0, "s"
 
 
-def _trend_lines(a: Assessment) -> dict:
-    """Trend line over the fitted window and the projection to the limit, in steps and in seconds."""
-    span_s = float(a.window.get("span_s") or 0.0)
-    per_step = a.slope_bytes_per_step
-    seconds_per_step = a.slope_bytes_per_second and per_step / a.slope_bytes_per_second
-    span_steps = span_s / seconds_per_step if seconds_per_step else 0.0
-    start_t, start_s = a.time_s - span_s, a.step - span_steps
-    floor_start = a.floor_bytes - a.slope_bytes_per_second * span_s
-    lines = {"trend_time": ([start_t, a.time_s], [floor_start, a.floor_bytes]),
-             "trend_step": ([start_s, a.step], [floor_start, a.floor_bytes])}
+def _trend_lines(a: Assessment, rows: list) -> dict:
+    """The guard's floor trend over its window and its projection to the limit, against time and steps.
+
+    The detector fits the floor against time; against steps the line goes through the steps of the readings
+    in the window (so a stall, e.g. an evaluation, shows as the jump the guard saw). `rows` are the pool's
+    readings of the training process the assessment belongs to.
+    """
+    start_t = a.time_s - float(a.window.get("span_s") or 0.0)
+    floor = lambda t: a.floor_bytes + a.slope_bytes_per_second * (t - a.time_s)  # noqa: E731
+    window = [r for r in rows if start_t <= r.time_s <= a.time_s + 0.005]
+    if len(window) < 2:
+        window = [r for r in rows if r.time_s <= a.time_s + 0.005][-2:]
+    lines = {"trend_time": ([start_t, a.time_s], [floor(start_t), a.floor_bytes]),
+             "trend_step": ([r.step for r in window], [floor(r.time_s) for r in window])}
     if a.growing and a.projected_exhaustion_time_s is not None:
         top = a.floor_bytes + a.peak_headroom_bytes
         lines["proj_time"] = ([a.time_s, a.projected_exhaustion_time_s], [top, a.limit_bytes])
@@ -484,7 +497,7 @@ def plot_report(record: RunRecord, path: Path) -> Path:
     experiment = (record.config or {}).get("experiment_name") or record.run_dir.name
     fig.suptitle(f"{experiment}: {outcome(record)}", fontsize=12, x=0.01, ha="left")
     fig.tight_layout(rect=(0, 0.03 + 0.05 / len(views), 1, 0.97))
-    fig.savefig(path, dpi=80)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
 
@@ -523,7 +536,9 @@ def _plot_pool(ax, view: PoolView, record: RunRecord, axis: str, unit: float) ->
     reach = data_max + 3.0 * max(data_max - data_min, 1.0)  # projections further out are cut at the edge
     x_max = data_max
     for index, a in enumerate(view.drawn_assessments()):
-        x_max = max(x_max, _plot_trend(ax, a, axis, unit, reach, first=index == 0))
+        process_rows = next((rows for rows in segments if rows and rows[0].time_s <= a.time_s <= rows[-1].time_s + 0.005),
+                            view.rows)
+        x_max = max(x_max, _plot_trend(ax, _trend_lines(a, process_rows), a, axis, unit, reach, first=index == 0))
     last_limit = view.rows[-1]
     if x_max > data_max:  # the limit goes on where the projection goes
         ax.plot([data_max, x_max * 1.03 + 1], [last_limit.limit_bytes / GIB] * 2, color="#212121", linewidth=1.0,
@@ -535,9 +550,8 @@ def _plot_pool(ax, view: PoolView, record: RunRecord, axis: str, unit: float) ->
     ax.set_title(_pool_title(view) if axis == "step" else _guard_title(view), fontsize=9.5, loc="left")
 
 
-def _plot_trend(ax, a: Assessment, axis: str, unit: float, reach: float, first: bool) -> float:
+def _plot_trend(ax, lines: dict, a: Assessment, axis: str, unit: float, reach: float, first: bool) -> float:
     """The guard's floor trend and, when growing, its projection to the limit; returns the x it reaches."""
-    lines = _trend_lines(a)
     scale = (lambda xs: [x / unit for x in xs]) if axis == "time" else (lambda xs: list(xs))
     tx, ty = lines[f"trend_{axis}"]
     ax.plot(scale(tx), [y / GIB for y in ty], color="#d81b60", linewidth=2.2, alpha=0.9,
@@ -599,9 +613,9 @@ def _draw_markers(ax, record: RunRecord, axis: str, unit: float) -> None:
         if axis == "step" and marker.kind in ("abort", "restart", "eval"):
             # abort and eval labels left of their line, restarts right of it: an abort and the restart
             # right after it stay readable
-            text, height, side = {"abort": (f"abort @ {marker.step}", 0.72, -1),
-                                  "restart": (f"{marker.label} @ {marker.step}", 0.72, 1),
-                                  "eval": (marker.label, 0.45, -1)}[marker.kind]
+            text, height, side = {"abort": (f"abort @ {marker.step}", 0.16, -1),
+                                  "restart": (f"{marker.label} @ {marker.step}", 0.16, 1),
+                                  "eval": (marker.label, 0.16, -1)}[marker.kind]
             ax.annotate(text, (x, height), xycoords=("data", "axes fraction"), rotation=90, fontsize=7.5,
                         ha="right" if side < 0 else "left", va="center", color=style["color"],
                         xytext=(2 * side, 0), textcoords="offset points")
@@ -635,7 +649,8 @@ def write_markdown(record: RunRecord, path: Path, image_name: str) -> Path:
              + ("" if m else " (no final evaluation)") + " |",
              f"| steps/s | {_fmt(rate, 2)}" + (f" ({rate_source})" if rate_source else "") + " |",
              f"| guard | {record.settings_note}; horizon {record.settings.horizon_s:g} s |",
-             f"| restarts | {len(record.of_kind('restart'))} |", "",
+             f"| restarts (supervisor) / resumes | {sum(m.label == 'restart' for m in record.of_kind('restart'))} / "
+             f"{sum(m.label == 'resume' for m in record.of_kind('restart'))} |", "",
              "## Memory per pool", "",
              "| pool | peak used | limit | peak / limit | last used | guard's last assessment |",
              "|---|---|---|---|---|---|"]
@@ -661,10 +676,10 @@ def write_markdown(record: RunRecord, path: Path, image_name: str) -> Path:
     if stops:
         lines += ["", "## Other stops", ""] + [f"- step {s.step}: {s.label}" for s in stops]
     restarts = record.of_kind("restart")
-    lines += ["", "## Restarts", ""]
+    lines += ["", "## Restarts and resumes", ""]
     if restarts:
-        lines += ["| at step | time | why |", "|---|---|---|"]
-        lines += [f"| {r.step} | {_fmt(r.time_s, 1)} s | {r.details.get('reason', '')} |" for r in restarts]
+        lines += ["| at step | time | kind | why |", "|---|---|---|---|"]
+        lines += [f"| {r.step} | {_fmt(r.time_s, 1)} s | {r.label} | {r.details.get('reason', '')} |" for r in restarts]
     else:
         lines.append("None.")
     evals = record.of_kind("eval")

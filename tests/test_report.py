@@ -1,0 +1,165 @@
+"""`python -m tfodtrain.report RUN_DIR`: the picture and the page, on a finished, an aborted and a restarted run.
+
+The aborted and restarted run dirs come from one real run (tests/data/leak_demo_restarted, see its README):
+`+experiment=leak_demo trainer.max_restarts=1`, aborted twice by the leak guard (exit 75) with a supervised restart
+between, then resumed with `leak_demo.leak=false` to the end. The aborted run dir is that run cut back to its first
+training process: the files as they were at the first exit 75.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import REPO
+from tfodtrain.exit_codes import UserError
+from tfodtrain.memory.traces import HEADER_LINE, read_trace
+from tfodtrain.report import load_run, make_report
+
+RESTARTED = Path(__file__).parent / "data" / "leak_demo_restarted"
+GIB = float(1 << 30)
+USED_BLUE = (0x15, 0x65, 0xC0)  # the report's "used" line
+
+
+def run_report(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "tfodtrain.report", *args], capture_output=True, text=True,
+                          cwd=REPO, timeout=180)
+
+
+def first_process_only(source: Path, target: Path) -> Path:
+    """The run dir as it was when its first training process exited: rows and events before the restart."""
+    shutil.copytree(source, target, ignore=shutil.ignore_patterns("metrics.json", "restarts.jsonl"))
+    readings = [json.loads(line) for line in (target / "memory_readings.jsonl").read_text().splitlines()]
+    kept = [r for r in readings if r["host"]["pid"] == readings[0]["host"]["pid"]]
+    (target / "memory_readings.jsonl").write_text("".join(json.dumps(r) + "\n" for r in kept))
+    for trace in target.glob("memory_trace_*.csv"):
+        rows = [line for line in trace.read_text().splitlines()[1:]
+                if float(line.split(",")[1]) <= kept[-1]["time_s"] + 0.01]
+        trace.write_text("\n".join([HEADER_LINE, *rows]) + "\n")
+    for later in sorted((target / "tensorboard").glob("events.out.tfevents.*"))[1:]:
+        later.unlink()  # every training process writes its own event file
+    # abort_report.json holds the newest abort; at the first exit 75 it held the one the first process logged.
+    (target / "abort_report.json").write_text(_abort_texts(target)[0] + "\n")
+    return target
+
+
+def _abort_texts(run_dir: Path) -> list[str]:
+    """The JSON of every `guard/abort` text summary, read with TensorBoard's event reader."""
+    from tensorboard.backend.event_processing import event_accumulator
+    from tensorboard.util import tensor_util
+
+    events = event_accumulator.EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"tensors": 0})
+    events.Reload()
+    return [tensor_util.make_ndarray(e.tensor_proto).item().decode().strip().strip("`")
+            for e in events.Tensors("guard/abort")]
+
+
+def has_color(png: Path, rgb: tuple, tolerance: int = 12) -> bool:
+    pixels = np.asarray(Image.open(png).convert("RGB")).astype(int)
+    return bool((np.abs(pixels - np.array(rgb)).max(axis=2) <= tolerance).any())
+
+
+@pytest.fixture(scope="module")
+def aborted_run(tmp_path_factory) -> Path:
+    return first_process_only(RESTARTED, tmp_path_factory.mktemp("aborted") / "run")
+
+
+def test_report_of_the_finished_smoke_run(smoke_run, tmp_path):
+    make_report(smoke_run, tmp_path)  # in this process (the CLI runs in the aborted-run test)
+    assert not (smoke_run / "report.md").exists()  # an out dir leaves the (shared, read-only) run dir untouched
+
+    page = (tmp_path / "report.md").read_text()
+    metrics = json.loads((smoke_run / "metrics.json").read_text())
+    assert f"| outcome | finished at step {metrics['steps']} |" in page
+    assert f"| AP / AP50 / AP75 | {metrics['AP']:.3f} / {metrics['AP50']:.3f} / {metrics['AP75']:.3f} |" in page
+    assert f"| steps/s | {metrics['steps_per_second']:.2f} (metrics.json) |" in page
+    rows = list(read_trace(smoke_run / "memory_trace_host.csv"))
+    peak = max(r.used_bytes for r in rows) / GIB
+    assert re.search(rf"\| host \| {peak:.2f} GiB \| {rows[-1].limit_bytes / GIB:.2f} GiB \|", page), page
+    assert "| host |" in page and "warming up" in page  # six readings: the guard never left its warm-up
+
+    image = Image.open(tmp_path / "memory_report.png")
+    assert image.size[0] >= 900 and image.size[1] >= 300
+    assert has_color(tmp_path / "memory_report.png", USED_BLUE)
+
+
+def test_report_of_a_run_the_guard_aborted(aborted_run):
+    result = run_report(str(aborted_run))  # the CLI; by default the report goes into the run dir
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["wrote", str(aborted_run / "memory_report.png"),
+                                     "wrote", str(aborted_run / "report.md")]
+    report = json.loads((aborted_run / "abort_report.json").read_text())
+    page = (aborted_run / "report.md").read_text()
+    assert f"| outcome | aborted by the leak guard at step {report['step']} (exit 75) |" in page
+    assert f"| {report['step']} | {report['pool']} | {report['reason']} |" in page
+    assert "(no final evaluation)" in page
+    # The report's trend is the guard's: replaying the trace with the run's settings aborts at the same step.
+    assert f"aborts at: step {report['step']} ({report['pool']})" in page
+    assert f"at step {report['projected_exhaustion_step']}" in page
+    assert has_color(aborted_run / "memory_report.png", (0xC6, 0x28, 0x28))  # the abort marker
+
+
+def test_replayed_trend_matches_the_guards_abort_report(aborted_run):
+    record = load_run(aborted_run)
+    report = json.loads((aborted_run / "abort_report.json").read_text())
+    view = record.pools[report["pool"]]
+    a = view.shown
+    assert a is not None and a.growing and view.replayed_aborts[0][0] == report["step"]
+    # The trace rounds time to 10 ms: the replayed slope and projection agree with the live guard's closely.
+    assert a.slope_bytes_per_step == pytest.approx(report["slope_bytes_per_step"], rel=0.05)
+    assert abs(a.projected_exhaustion_step - report["projected_exhaustion_step"]) <= 2
+    assert [m.step for m in record.of_kind("abort")] == [report["step"]]
+
+
+def test_report_of_a_run_that_was_restarted_and_finished(tmp_path):
+    run_dir = shutil.copytree(RESTARTED, tmp_path / "run")
+    make_report(run_dir)
+    page = (run_dir / "report.md").read_text()
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    aborts = [json.loads(text) for text in _abort_texts(run_dir)]
+    assert [a["step"] for a in aborts] == [50, 100]
+    assert (f"| outcome | finished at step {metrics['steps']} after 2 guard aborts, 1 restart and 1 resume |"
+            in page), page
+    for abort in aborts:
+        assert f"| {abort['step']} | {abort['pool']} | {abort['reason']} |" in page
+    # One guard per training process, as in training: the replay aborts where the run did, twice.
+    assert "aborts at: step 50 (host), step 100 (host)." in page
+    restarts = re.findall(r"^\| (\d+) \| [\d.]+ s \| (restart|resume) \| (.*) \|$", page, flags=re.M)
+    assert [(kind, 50 < int(step) <= 52 if kind == "restart" else 100 < int(step) <= 102)
+            for step, kind, _ in restarts] == [("restart", True), ("resume", True)], page
+    assert "leak guard abort (exit 75)" in restarts[0][2] and "restart limit reached" in restarts[1][2]
+    assert f"| AP / AP50 / AP75 | {metrics['AP']:.3f} / {metrics['AP50']:.3f} / {metrics['AP75']:.3f} |" in page
+
+
+def test_bad_input_is_one_line_and_exit_2(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for target in (empty, tmp_path / "missing"):
+        result = run_report(str(target))
+        assert result.returncode == 2, result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+        assert result.stderr.startswith("report: ") and str(target) in result.stderr
+
+
+@pytest.mark.parametrize("content, words", [
+    ("step,time,used\n1,2,3\n", "expected header"),
+    (HEADER_LINE + "\n1,2.0,lots,4\n", "used_bytes must be an integer"),
+])
+def test_damaged_trace_is_named_in_one_line(tmp_path, content, words):
+    (tmp_path / "memory_trace_gpu0.csv").write_text(content)
+    with pytest.raises(UserError, match=words):
+        load_run(tmp_path)
+
+
+def test_run_dir_without_readings_says_so(tmp_path):
+    (tmp_path / "config.yaml").write_text("experiment_name: smoke\n")
+    with pytest.raises(UserError, match="no memory readings"):
+        load_run(tmp_path)
