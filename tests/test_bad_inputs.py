@@ -48,7 +48,7 @@ def catalogue(data: Path) -> list[tuple[str, list[str], str]]:
         ("unknown guard setting", [SMOKE, "+guard.settings.horizon=60"], "guard.settings: unknown setting 'horizon'"),
         ("auto batch without pre-flight", [SMOKE, "trainer.batch_size=auto", "trainer.preflight=false"],
          "trainer.batch_size=auto needs trainer.preflight=true"),
-        ("data path not set", [SMOKE, "data=tfrecord"], "data.train_path must be set"),
+        ("data path not set", [SMOKE, "data=tfrecord", "data.num_classes=4"], "data.train_path must be set"),
         ("data path matches nothing", _tfrecord(str(data / "nope-*.tfrecord"), val), "matches no file"),
         ("too few classes", _tfrecord(good, val)[:-1] + ["data.num_classes=1"], "data.num_classes=1 must be at least 2"),
         ("label map missing", _tfrecord(good, val, f"data.label_map={data / 'labels.json'}"), "does not exist"),

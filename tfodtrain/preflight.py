@@ -16,9 +16,10 @@ step counts, naming how much the step needs and the largest batch size that fits
 
 The step changes nothing: the optimizer's variables (step, hyperparameters, slots) are created first, as
 its first update would (a resumed run's slots get their checkpointed values then), every model and
-optimizer variable is saved, and all are put back after the step; `fit` then builds a new iterator,
-which replays the seeded input pipeline from its start. Its cost is one step: Keras keeps the traced
-training function, so `fit` does not trace it again.
+optimizer variable is saved, and all are put back after the step. The step reads a dataset of its own,
+built like the run's, which stays unread (a second iterator of a seeded pipeline would reshuffle). Its
+cost is one step: Keras keeps the traced training function (same input signature), so `fit` does not
+trace it again.
 
 The search for the batch size that fits takes at most `MAX_SEARCH_STEPS` more steps: a line through
 the measured peaks (peak = fixed + per-example x batch size) proposes a batch size, a step checks it,
@@ -61,6 +62,7 @@ MIB = 1 << 20
 MAX_SEARCH_STEPS = 3  # steps after the first one, at most, to find the largest batch size that fits
 NOISE_MARGIN = 0.02  # share of a limit a found batch size stays below, for run-to-run noise
 PROVISIONAL_AUTO_BATCH = 2  # trainer.batch_size=auto: the first step's batch size
+SEARCH_FAILED = -1  # what search_in_fresh_process returns when its process failed
 
 
 def _gib(n: float) -> str:
@@ -281,11 +283,16 @@ class StepTrials:
         self.probe = StepMemory(tf_gpus)
         self.datasets: dict[int, object] = {}
 
+    def fresh_dataset(self, batch_size: int):
+        """The training dataset at this batch size, built anew: an iterator of a seeded pipeline replays its
+        order only once (a second iterator reshuffles), so steps here never iterate the run's own dataset."""
+        params = copy.deepcopy(self.train_data_params)
+        params.global_batch_size = int(batch_size)
+        return self.prepare_dataset(self.task.build_inputs(params))
+
     def dataset(self, batch_size: int):
         if batch_size not in self.datasets:
-            params = copy.deepcopy(self.train_data_params)
-            params.global_batch_size = int(batch_size)
-            self.datasets[batch_size] = self.prepare_dataset(self.task.build_inputs(params))
+            self.datasets[batch_size] = self.fresh_dataset(batch_size)
         return self.datasets[batch_size]
 
     def run(self, batch_size: int) -> Trial:
@@ -425,13 +432,12 @@ def before_fit(cfg, params, trainer_model, train_ds, val_ds, gpus, auto_batch: b
     if cfg.trainer.get("preflight", True):
         trials = StepTrials(trainer_model, trainer_model.task, params.task.train_data, dataset_preparer(cfg),
                             [f"GPU:{i}" for i in range(len(gpus))])
-        trials.datasets[int(cfg.trainer.batch_size)] = train_ds
         report["memory"], chosen = check_memory(cfg, trials, len(gpus), auto_batch, data)
         if chosen is not None and chosen != int(cfg.trainer.batch_size):
             with open_dict(cfg):
                 cfg.trainer.batch_size = chosen
             params.task.train_data.global_batch_size = chosen
-            train_ds = trials.dataset(chosen)
+            train_ds = trials.fresh_dataset(chosen)
     _write_report(run_dir / "preflight.json", report)
     _log_skipped_records(run_dir, report["bad_records"])
     return train_ds, val_ds
@@ -468,7 +474,7 @@ def check_memory(cfg, trials: StepTrials, gpu_count: int, auto_batch: bool, data
     started = time.monotonic()
     try:
         first = trials.run(batch_size)
-        found = None
+        found, search_failed = None, False
         if auto_batch:
             upper = int(cfg.trainer.get("auto_batch_max", 64))
             found = largest_fitting([first], trials.run, search_targets, upper,
@@ -477,6 +483,8 @@ def check_memory(cfg, trials: StepTrials, gpu_count: int, auto_batch: bool, data
             found = largest_fitting([first], trials.run, search_targets, batch_size - 1)
         elif not _fits(first, targets):  # host RSS: the smaller steps run in a fresh process
             found = search_in_fresh_process(cfg, data, first, trials.probe.before.get("host", 0), search_targets)
+            search_failed = found == SEARCH_FAILED
+            found = None if search_failed else found
     finally:
         state.restore()
     seconds = round(time.monotonic() - started, 2)
@@ -490,7 +498,7 @@ def check_memory(cfg, trials: StepTrials, gpu_count: int, auto_batch: bool, data
                  _describe(first, limits))
         return report, found
     if not _fits(first, targets):
-        raise UserError(_does_not_fit(first, limits, targets, found))
+        raise UserError(_does_not_fit(first, limits, targets, found, search_failed))
     log.info("Pre-flight: one step at batch size %d fits: %s (%.1f s)", batch_size, _describe(first, limits), seconds)
     return report, None
 
@@ -499,7 +507,8 @@ def search_in_fresh_process(cfg, data: dict | None, first: Trial, parent_before:
                             timeout_s: float = 1800) -> int | None:
     """Search the largest batch size below `first.batch_size` in a fresh process (`python -m tfodtrain.preflight`):
     it builds the same model and runs ascending steps from batch size 1; its peaks are moved by the
-    difference of the two processes' RSS before their first step. None when nothing fits or it failed."""
+    difference of the two processes' RSS before their first step. None when nothing fits, SEARCH_FAILED
+    when the process failed."""
     import subprocess
     import sys
     import tempfile
@@ -517,12 +526,12 @@ def search_in_fresh_process(cfg, data: dict | None, first: Trial, parent_before:
                                   text=True, timeout=timeout_s, env=env)
         except subprocess.TimeoutExpired:
             log.warning("Pre-flight: the batch size search timed out after %.0f s", timeout_s)
-            return None
+            return SEARCH_FAILED
     lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
     if done.returncode != 0 or not lines:
         log.warning("Pre-flight: the batch size search failed (exit %d): %s", done.returncode,
                     done.stderr.strip().splitlines()[-1:] or "")
-        return None
+        return SEARCH_FAILED
     result = json.loads(lines[-1])
     log.info("Pre-flight search: %s", result)
     return result["found"]
@@ -571,7 +580,8 @@ def _describe(trial: Trial, limits: dict[str, PoolLimit]) -> str:
                      if p in trial.peaks)
 
 
-def _does_not_fit(first: Trial, limits: dict[str, PoolLimit], targets: dict[str, int], found: int | None) -> str:
+def _does_not_fit(first: Trial, limits: dict[str, PoolLimit], targets: dict[str, int], found: int | None,
+                  search_failed: bool = False) -> str:
     if first.peaks is None:
         need = f"one training step at batch size {first.batch_size} ran out of GPU memory"
     else:
@@ -580,6 +590,8 @@ def _does_not_fit(first: Trial, limits: dict[str, PoolLimit], targets: dict[str,
         need = (f"one training step at batch size {first.batch_size} needs {_gib(first.peaks[pool])} of {pool} memory "
                 f"(its peak), more than {_gib(targets[pool])} ({100 * targets[pool] / limit.limit_bytes:.0f}% of the "
                 f"{_gib(limit.limit_bytes)} limit set by {limit.source})")
+    if search_failed:
+        return need + "; the search for a batch size that fits failed (its log lines are above): lower trainer.batch_size"
     if found is None:
         return (need + "; even batch size 1 does not fit: raise the limit (memory.budget_mb, memory.gpu_limit_mb), "
                        "lower model.input_size, or use a smaller model")
