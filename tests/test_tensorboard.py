@@ -70,7 +70,7 @@ def test_hparams_name_the_run_and_its_final_metrics(smoke_run, smoke_events):
     start = hparams_metadata.parse_session_start_info_plugin_data(content[hparams_metadata.SESSION_START_INFO_TAG])
     hparams = {name: value.WhichOneof("kind") and getattr(value, value.WhichOneof("kind"))
                for name, value in start.hparams.items()}
-    assert hparams["experiment_name"] == "smoke" and hparams["trainer.steps"] == 6 and hparams["seed"] == 0
+    assert hparams == {"experiment_name": "smoke"}  # the smoke run overrides nothing else
     experiment = hparams_metadata.parse_experiment_plugin_data(content[hparams_metadata.EXPERIMENT_TAG])
     assert {info.name for info in experiment.hparam_infos} == set(hparams)
     metric_tags = [info.name.tag for info in experiment.metric_infos]
@@ -84,12 +84,14 @@ def test_hparams_name_the_run_and_its_final_metrics(smoke_run, smoke_events):
 
 
 def test_swept_values_become_hparams():
-    config = {"experiment_name": "ssd", "seed": 1, "trainer": {"learning_rate": 0.02, "steps": 600},
+    config = {"experiment_name": "ssd", "seed": 1, "trainer": {"learning_rate": 0.02, "steps": 600, "mixed_precision": None},
               "data": {"name": "tfrecord"}}
-    overrides = ["+experiment=ssd", "trainer.learning_rate=0.02", "data=tfrecord", "hydra.run.dir=/x", "~callbacks.progress"]
+    overrides = ["+experiment=ssd", "trainer.learning_rate=2e-2", "data=tfrecord", "hydra.run.dir=/x",
+                 "~callbacks.progress", "trainer.mixed_precision=null"]
     hparams = run_hparams(config, overrides)
-    assert hparams == {"experiment_name": "ssd", "trainer.steps": 600, "trainer.learning_rate": 0.02, "seed": 1,
-                       "data": "tfrecord"}
+    # resolved values (2e-2 -> 0.02), a group choice by name, None as text; where the run goes is no hparam
+    assert hparams == {"experiment_name": "ssd", "trainer.learning_rate": 0.02, "data": "tfrecord",
+                       "trainer.mixed_precision": "null"}
 
 
 def test_every_guard_abort_is_a_text_summary_of_its_report():
@@ -135,5 +137,16 @@ def test_tensorboard_server_serves_the_memory_review(tensorboard_url, smoke_run)
     text_tags = get_json(f"{tensorboard_url}/data/plugin/text/tags")
     assert "config/resolved" in text_tags["tensorboard"]
     experiment = get_json(f"{tensorboard_url}/data/plugin/hparams/experiment", data={"experimentName": ""})
-    assert "trainer.learning_rate" in {h["name"] for h in experiment["hparamInfos"]}
+    assert [h["name"] for h in experiment["hparamInfos"]] == ["experiment_name"]
     assert "eval/AP" in {m["name"]["tag"] for m in experiment["metricInfos"]}
+    # The HPARAMS table's row of this run: its values and final metrics, as metrics.json has them.
+    groups = get_json(f"{tensorboard_url}/data/plugin/hparams/session_groups", data={
+        "experimentName": "", "startIndex": 0, "sliceSize": 10,
+        "allowedStatuses": ["STATUS_UNKNOWN", "STATUS_SUCCESS", "STATUS_FAILURE", "STATUS_RUNNING"],
+        "colParams": [{"hparam": "experiment_name"}, {"metric": {"tag": "eval/AP"}}]})
+    (group,) = groups["sessionGroups"]
+    metrics = json.loads((smoke_run / "metrics.json").read_text())
+    shown = {m["name"]["tag"]: m["value"] for m in group["metricValues"]}
+    assert group["hparams"] == {"experiment_name": "smoke"}
+    assert shown["eval/AP"] == pytest.approx(metrics["AP"], abs=1e-6)
+    assert shown["run/steps_per_second"] == pytest.approx(metrics["steps_per_second"], rel=1e-5)

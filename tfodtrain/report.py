@@ -66,12 +66,14 @@ class PoolView:
     allocator_peaks: list  # (step, time_s, peak_bytes) of the allocator (GPU pools only)
     last: Assessment | None = None  # the guard's assessment at the last reading
     shown: Assessment | None = None  # the latest assessment with a fitted trend (drawn)
-    replayed_aborts: list = dataclasses.field(default_factory=list)  # (step, reason, Assessment)
+    replayed_aborts: list = dataclasses.field(default_factory=list)  # (step, reason) where the replay aborts
+    recorded: list = dataclasses.field(default_factory=list)  # the guard's own Assessment at each of its aborts
 
     def drawn_assessments(self) -> list:
-        """The assessments whose trend the picture shows: each replayed abort's, and the latest one."""
-        drawn = [a for _, _, a in self.replayed_aborts]
-        if self.shown is not None and all(a is not self.shown for a in drawn):
+        """The trends the picture shows: what the guard saw at each abort (from its report, whatever the
+        detector's version now), and the replay's latest one."""
+        drawn = list(self.recorded)
+        if self.shown is not None and all(a.step != self.shown.step for a in drawn):
             drawn.append(self.shown)
         return drawn
 
@@ -200,6 +202,18 @@ def _abort_from_text(text: str) -> dict | None:
     return report if isinstance(report, dict) else None
 
 
+def _assessment_of(report: dict) -> Assessment | None:
+    """The detector's assessment an abort report carries (fields of other detector versions ignored)."""
+    values = report.get("assessment")
+    if not isinstance(values, dict):
+        return None
+    known = {f.name for f in dataclasses.fields(Assessment)}
+    try:
+        return Assessment(**{k: v for k, v in values.items() if k in known})
+    except TypeError:  # a report of a version without a field this one needs
+        return None
+
+
 def _abort_marker(report: dict) -> Marker:
     return Marker("abort", int(report.get("step", 0)), report.get("time_s"),
                   f"guard abort (exit {report.get('exit_code', GUARD_ABORT)})", report)
@@ -299,6 +313,10 @@ def load_run(run_dir: Path) -> RunRecord:
     if abort_report is not None:  # the newest abort; the event files hold every one
         aborts[int(abort_report.get("step", 0))] = abort_report
     markers += [_abort_marker(report) for _, report in sorted(aborts.items())]
+    for report in aborts.values():
+        assessment = _assessment_of(report)
+        if assessment is not None and assessment.pool in pools:
+            pools[assessment.pool].recorded.append(assessment)
 
     metrics = _read_json(run_dir / "metrics.json")
     evals = {}
@@ -354,7 +372,7 @@ def replay(record: RunRecord) -> None:
             if view.last is not None and view.last.ready:
                 view.shown = view.last
             if decision.action == "abort":
-                view.replayed_aborts.append((row.step, decision.reason, decision.assessment))
+                view.replayed_aborts.append((row.step, decision.reason))
 
 
 def assessment_text(a: Assessment | None, settings: GuardSettings) -> str:
@@ -666,10 +684,10 @@ def write_markdown(record: RunRecord, path: Path, image_name: str) -> Path:
             d = marker.details
             lines.append(f"| {marker.step} | {d.get('pool', '?')} | {d.get('reason', '?')} | "
                          f"{d.get('checkpoint') or '-'} |")
-        replayed = [(step, view.name) for view in record.pools.values() for step, _, _ in view.replayed_aborts]
+        replayed = [(step, view.name) for view in record.pools.values() for step, _ in view.replayed_aborts]
         if replayed:
-            lines += ["", "Replaying the traces with the run's guard settings aborts at: "
-                      + ", ".join(f"step {step} ({pool})" for step, pool in sorted(replayed)) + "."]
+            lines += ["", "Replaying the traces with the run's guard settings (this version of the detector) aborts "
+                      "at: " + ", ".join(f"step {step} ({pool})" for step, pool in sorted(replayed)) + "."]
     else:
         lines.append("None.")
     stops = record.of_kind("stop")

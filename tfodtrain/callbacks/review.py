@@ -10,7 +10,7 @@ Written to RUN_DIR/tensorboard beside the memory tags of `MemoryMonitor` and the
 | `run/peak_used_mib/<pool>`   | scalar | end of training: this process's highest used memory           |
 |                              |        | (the allocator's peak on GPUs)                                |
 | `run/steps_per_second`       | scalar | end of the run (`metrics.json`'s figure)                      |
-| hparams plugin               | -      | start: swept/overridden values and core settings; metrics     |
+| hparams plugin               | -      | start: experiment and swept/overridden values; metrics        |
 |                              |        | `eval/AP`, `eval/AP50`, `run/steps_per_second`, peaks         |
 
 Example:
@@ -30,10 +30,9 @@ from tfodtrain.callbacks.base import RunCallback
 log = logging.getLogger(__name__)
 MIB = float(1 << 20)
 
-# Settings every run reports, swept or not, so runs of different sweeps still share columns.
-CORE_HPARAMS = ("experiment_name", "model.base_experiment", "model.input_size", "trainer.batch_size",
-                "trainer.steps", "trainer.learning_rate", "trainer.optimizer", "trainer.mixed_precision", "seed",
-                "guard.mode")
+# Reported by every run, overridden or not. The rest of the config is in the `config/resolved` text: the
+# HPARAMS table shows its first columns (by name) by default, and they should be what the sweep varied.
+CORE_HPARAMS = ("experiment_name",)
 # Override keys that are where/how a run is stored, not what it trains.
 IGNORED_OVERRIDES = ("run_dir", "hydra.")
 # Config-group overrides whose choice a core setting already shows (+experiment=smoke -> experiment_name).
@@ -58,11 +57,12 @@ def _hparam_value(value):
 
 
 def run_hparams(config: dict, overrides: Iterable[str] = ()) -> dict:
-    """The hparams of a run: core settings plus every command-line override, as resolved in `config`.
+    """The hparams of a run: the experiment and every command-line override, as resolved in `config`.
 
     Example:
-        >>> run_hparams({"seed": 3, "trainer": {"learning_rate": 0.02}}, ["trainer.learning_rate=0.02"])
-        {'seed': 3, 'trainer.learning_rate': 0.02}
+        >>> run_hparams({"experiment_name": "ssd", "trainer": {"learning_rate": 0.02}},
+        ...             ["+experiment=ssd", "trainer.learning_rate=0.02"])
+        {'experiment_name': 'ssd', 'trainer.learning_rate': 0.02}
     """
     values = {}
     for key in CORE_HPARAMS:
