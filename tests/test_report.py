@@ -182,3 +182,24 @@ def test_run_dir_without_readings_says_so(tmp_path):
     (tmp_path / "config.yaml").write_text("experiment_name: smoke\n")
     with pytest.raises(UserError, match="no memory readings"):
         load_run(tmp_path)
+
+
+def test_gpu_pool_peak_is_the_allocators(tmp_path):
+    """A GPU pool's peak comes from TensorFlow's allocator peaks in memory_readings.jsonl. No GPU on this
+    machine, so the run dir is written by hand in the monitor's formats (a trace row and a reading per step)."""
+    gib = 1 << 30
+    (tmp_path / "config.yaml").write_text("experiment_name: ssd\ntrainer:\n  steps: 40\nguard:\n  mode: abort\n  settings: {}\n")
+    trace, readings = [HEADER_LINE], []
+    for step in range(10, 41, 10):
+        used, peak = 3 * gib + step * (1 << 20), 5 * gib + step * (1 << 20)  # evaluation-sized peaks between readings
+        trace.append(f"{step},{step * 1.5:.2f},{used},{16 * gib}")
+        readings.append({"step": step, "time_s": step * 1.5, "host": {"pid": 7}, "gpus": [],
+                         "tf_allocator": {"gpu0": {"current_bytes": used, "peak_bytes": peak}},
+                         "pools": {"gpu0": {"used_bytes": used, "limit_bytes": 16 * gib}}})
+    (tmp_path / "memory_trace_gpu0.csv").write_text("\n".join(trace) + "\n")
+    (tmp_path / "memory_readings.jsonl").write_text("".join(json.dumps(r) + "\n" for r in readings))
+    make_report(tmp_path)
+    page = (tmp_path / "report.md").read_text()
+    assert "| gpu0 | 5.04 GiB | 16.00 GiB | 31% | 3.04 GiB |" in page, page  # peak 5 GiB + 40 MiB, not the 3.04 used
+    assert "no end recorded: last reading at step 40" in page
+    assert has_color(tmp_path / "memory_report.png", (0xFF, 0x8F, 0x00))  # the allocator-peak line

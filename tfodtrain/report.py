@@ -546,8 +546,8 @@ def _plot_pool(ax, view: PoolView, record: RunRecord, axis: str, unit: float) ->
                 label="limit" if first else None)
     if view.allocator_peaks:
         peak_x = [s if axis == "step" else t / unit for s, t, _ in view.allocator_peaks]
-        ax.plot(peak_x, [p / GIB for _, _, p in view.allocator_peaks], color="#ff8f00", linewidth=0.9,
-                alpha=0.8, label="allocator peak (per reading)")
+        ax.plot(peak_x, [p / GIB for _, _, p in view.allocator_peaks], color="#ff8f00", linewidth=1.1,
+                label="allocator peak (since the reading before)")
 
     data_min = min(x_of(r) for r in view.rows)
     data_max = max(x_of(r) for r in view.rows)
