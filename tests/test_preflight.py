@@ -137,7 +137,7 @@ def test_preflight_step_leaves_weights_optimizer_and_data_as_they_were(data_cach
     twin = task.build_inputs(params.task.train_data)
     means = [images.numpy().mean(axis=(1, 2, 3)) for images, _ in train_ds.take(3)]
     twin_means = [images.numpy().mean(axis=(1, 2, 3)) for images, _ in twin.take(3)]
-    assert np.allclose(means, twin_means, atol=0.15), (means, twin_means)  # other images differ by ~0.3 and more
+    assert np.allclose(means, twin_means, atol=0.15), (means, twin_means)  # a reshuffle moves most of them by more
 
 
 # --------------------------------------------------------------------------------------------------
