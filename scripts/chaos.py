@@ -51,13 +51,13 @@ class Attempt:
         self._read = 0
 
     def poll_log(self) -> None:
-        with self.log_path.open(errors="replace") as log:
+        with self.log_path.open("rb") as log:
             log.seek(self._read)
-            text = log.read()
-        cut = text.rfind("\n") + 1  # whole lines only
-        self._read += len(text[:cut].encode(errors="replace"))
+            data = log.read()
+        cut = data.rfind(b"\n") + 1  # whole lines only
+        self._read += cut
         now = time.monotonic() - self.started
-        for line in text[:cut].splitlines():
+        for line in data[:cut].decode(errors="replace").splitlines():
             if (m := PROGRESS.search(line)):
                 self.steps.append((now, int(m.group(1))))
             elif (m := RESUMED.search(line)):

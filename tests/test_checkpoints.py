@@ -134,8 +134,8 @@ def test_a_scratch_writer_restores_from_the_chief_dir_and_keeps_nothing(tmp_path
     saved_at(Checkpointer(chief_dir, *small_model()), 6)
     worker = Checkpointer(chief_dir, *small_model(), write_directory=scratch)
     assert worker.restore_latest() == 6
-    saved_at(worker, 7)
-    assert worker.latest == str(chief_dir / "ckpt-7") and not scratch.exists()
+    saved_at(worker, 7, 8)
+    assert worker.latest == str(chief_dir / "ckpt-8") and not scratch.exists()
     assert checkpoint_files.latest_step(chief_dir) == 6  # only the chief writes there
 
 

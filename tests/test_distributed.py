@@ -46,6 +46,21 @@ def test_worker_roles_from_tf_config(tmp_path):
         worker_role({"TF_CONFIG": json.dumps({"cluster": {"ps": ["a:1"]}, "task": {"type": "ps", "index": 0}})})
 
 
+def test_the_slurm_launcher_config_composes_without_the_plugin():
+    """Composition only: submitting needs hydra-submitit-launcher and a SLURM cluster."""
+    from hydra import compose, initialize_config_dir
+
+    from tfodtrain.paths import config_dir
+
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3", job_name="test"):
+        cfg = compose(config_name="config", return_hydra_config=True,
+                      overrides=["hydra/launcher=slurm", "+experiment=smoke", "hydra.launcher.partition=gpu"])
+    launcher = cfg.hydra.launcher
+    assert launcher._target_ == "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
+    assert launcher.partition == "gpu" and launcher.max_num_timeout == 3 and launcher.tasks_per_node == 1
+    assert launcher.submitit_folder == f"{cfg.hydra.sweep.dir}/.submitit/%j"
+
+
 def free_ports(count: int) -> list[int]:
     sockets = [socket.socket() for _ in range(count)]
     for s in sockets:

@@ -175,10 +175,13 @@ def test_child_command_repeats_the_overrides_pinned_to_the_run_dir(tmp_path):
     from tfodtrain.supervise import child_command
 
     overrides = ["+experiment=smoke", "trainer.max_restarts=2", "seed=3", f"run_dir={tmp_path}"]
+    launch = ["hydra.verbose=true", "hydra.mode=MULTIRUN", "hydra.sweep.dir=/elsewhere", "hydra/launcher=basic"]
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3", job_name="test"):
-        cfg = compose(config_name="config", overrides=overrides, return_hydra_config=True)
+        cfg = compose(config_name="config", overrides=overrides + launch, return_hydra_config=True)
     HydraConfig.instance().set_config(cfg)
-    assert child_command(cfg) == [sys.executable, "-m", "tfodtrain", *overrides, f"hydra.run.dir={tmp_path}"]
+    # The job's own settings, and no sweep or launcher: the child is one run in this job's dir.
+    assert child_command(cfg) == [sys.executable, "-m", "tfodtrain", *overrides, "hydra.verbose=true",
+                                  f"hydra.run.dir={tmp_path}"]
 
 
 def test_cli_child_failing_on_bad_input_is_not_restarted(tmp_path):
@@ -191,6 +194,25 @@ def test_cli_child_failing_on_bad_input_is_not_restarted(tmp_path):
     assert f"trainer.restart_backoff_s=0 hydra.run.dir={run_dir}" in result.stdout  # the child's command line
     rows = records(run_dir)
     assert len(rows) == 1 and rows[0]["exit_code"] == 2 and rows[0]["restart"] is False
+
+
+@pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_signal_before_training_starts_exits_cleanly(tmp_path, signum, code, data_cache):
+    """Sent while the trainer imports TensorFlow / builds the model: no checkpoint yet, no traceback."""
+    run_dir = tmp_path / "run"
+    env = dict(os.environ, PYTHONUNBUFFERED="1", TF_CPP_MIN_LOG_LEVEL="2")
+    proc = subprocess.Popen([sys.executable, "-m", "tfodtrain", "+experiment=smoke", f"hydra.run.dir={run_dir}"],
+                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (run_dir / ".hydra" / "config.yaml").exists():  # Hydra writes it just before the job starts
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.05)
+    time.sleep(1.0)
+    proc.send_signal(signum)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == code, err[-3000:]
+    assert f"{signal.Signals(signum).name} received outside the training loop" in out + err
+    assert "Traceback" not in err
 
 
 @pytest.mark.slow

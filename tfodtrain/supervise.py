@@ -111,6 +111,8 @@ class Supervisor:
     def _loop(self) -> int:
         restarts = 0
         while True:
+            if self.stop_signal is not None:  # came between two attempts
+                return 128 + self.stop_signal
             attempt = restarts + 1
             started_step = latest_step(self.checkpoint_dir)
             returncode = self._run_child(attempt, started_step)
@@ -125,7 +127,7 @@ class Supervisor:
             if self.stop_signal is not None:
                 note = f"stopped by {signal.Signals(self.stop_signal).name}; not restarting"
             elif not restartable:
-                note = "finished" if code == exit_codes.OK else "not a restartable failure; not restarting"
+                note = "done" if code == exit_codes.OK else "not a restartable failure; not restarting"
             elif attempt > 1 and step == started_step:
                 note = (f"no progress: the restart ended at checkpoint step {step}, where it started; not "
                         "restarting again (look at the cause above and RUN_DIR/faults.log)")
@@ -207,7 +209,13 @@ def child_command(cfg) -> list[str]:
             command += ["--config-dir", source.path.removeprefix("file://")]
     if hydra_cfg.job.config_name not in (None, "config"):
         command += ["--config-name", hydra_cfg.job.config_name]
-    return command + list(hydra_cfg.overrides.task) + [f"hydra.run.dir={Path(cfg.run_dir).resolve()}"]
+    hydra_overrides = [o for o in hydra_cfg.overrides.hydra if not o.lstrip("+~").startswith(_NOT_FOR_THE_CHILD)]
+    return command + list(hydra_cfg.overrides.task) + hydra_overrides + [f"hydra.run.dir={Path(cfg.run_dir).resolve()}"]
+
+
+# Hydra settings of the supervisor's own launch (run dir, sweep, launcher): the child is a single run.
+_NOT_FOR_THE_CHILD = ("hydra.run.", "hydra.sweep.", "hydra.mode", "hydra.launcher", "hydra/launcher",
+                      "hydra.sweeper", "hydra/sweeper", "hydra.job.num", "hydra.job.id")
 
 
 def supervise(cfg) -> int:
