@@ -317,8 +317,8 @@ def train(cfg: DictConfig) -> dict:
 
     tf_keras.utils.set_random_seed(int(cfg.seed))
     gpus = configure_devices(cfg.memory)
-    if cfg.memory.kill_over_budget and cfg.memory.budget_mb:
     strategy = distribute.make_strategy(cfg.trainer.strategy, gpus)  # before any op (multi-worker needs it)
+    if cfg.memory.kill_over_budget and cfg.memory.budget_mb:
         from tfodtrain.memory.budget import OomKillerEmulator
 
         OomKillerEmulator(int(cfg.memory.budget_mb * MIB)).start()
@@ -423,9 +423,9 @@ def _emergency_checkpoint(checkpointer) -> str | None:
 
 def run(cfg: DictConfig) -> int:
     """Train and map the outcome to an exit code (see tfodtrain.exit_codes)."""
-    try:
     from tfodtrain.preemption import stop_on_signals
 
+    try:
         with stop_on_signals():  # SIGTERM / SIGINT outside fit: exit 143 / 130, no traceback
             train(cfg)
     except UserError as error:
