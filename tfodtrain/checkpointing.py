@@ -53,9 +53,6 @@ class Checkpointer:
             self.checkpoint, str(self.write_directory), max_to_keep=keep, step_counter=self.step
         )
         self._last_saved_step: int | None = None
-
-    @property
-    def latest(self) -> str | None:
         self._latest: str | None = self.manager.latest_checkpoint if self.is_writer else None
         self._holding = False  # multi-worker: saves are requested, then made by all workers together
         self._requested = False
@@ -67,6 +64,9 @@ class Checkpointer:
     def is_writer(self) -> bool:
         """False on a non-chief worker, whose saves go to a scratch dir."""
         return self.write_directory == self.directory
+
+    @property
+    def latest(self) -> str | None:
         return self._latest
 
     def hold_saves(self) -> None:
