@@ -1,29 +1,32 @@
 """Causal online detector of sustained memory growth, one instance per memory pool.
 
-Readings go in one at a time; every reading gets an ``Assessment`` that says whether memory grows
-and when, at the present trend, it would reach the limit. Only past readings are used.
+Readings go in one at a time; each gets an ``Assessment``: does memory grow, and when would it
+reach the limit at that pace. Only past readings are used. Standard library only.
 
 How it tells a leak from what healthy long runs do:
 
-* Readings are grouped into chunks of fixed duration; a chunk keeps its minimum (the lower
-  envelope) and its maximum. The minimum ignores evaluation spikes and the peaks of a gc
-  sawtooth; the maximum says how far above the floor the run goes (the peak headroom).
-* The trend is fitted on the chunk minima of a sliding window with the Theil-Sen slope (median of
-  pairwise slopes: a third of the chunks can be odd without moving it) and tested with the
-  Mann-Kendall trend test (a p-value).
-* A one-time step up is monotonic too, so growth must also be *sustained*: the window's first,
-  middle and last thirds must each sit higher than the one before, by comparable amounts. A
-  single step raises only one of the two; a leak, a staircase leak over several evaluations or
-  an accelerating leak raise both.
+* Warm-up: readings of the first ``warmup_s`` seconds are ignored (allocator growth, first
+  compilations and evaluations, allocator staircases).
+* Readings are grouped into chunks of fixed duration; a chunk keeps its minimum (the floor) and
+  its maximum. The floor ignores evaluation spikes and short sawtooth peaks.
+* The trend is fitted on the floors of a sliding window with the Theil-Sen slope (the median of
+  pairwise slopes: odd chunks do not move it) and tested with the Mann-Kendall trend test.
+* Sustained: a one-time step up is monotonic too, so the floor must also rise from each quarter
+  of the window to the next by comparable amounts. One step raises at most two of the three;
+  a leak, a staircase leak with several stairs or an accelerating leak raise all three. A cache
+  that fills and levels off stops rising.
 * Several windows run side by side (by default 24 chunks of 1, 4 and 16 minutes: 24 minutes,
-  1.6 hours and 6.4 hours of history). Short windows react to fast and late leaks; long ones see
-  slow leaks, rare stairs and rare evaluation spikes. The most urgent growing window speaks.
-* Projection: memory dies at its peaks, not at its floor, so exhaustion is when the floor trend
-  plus the peak headroom (the highest chunk maximum above the trend line) plus, for a staircase,
-  the largest single rise of the floor, reaches the limit.
+  1.6 hours and 6.4 hours). Short windows react to fast and late leaks; long ones see slow
+  leaks, rare stairs and rare spikes. The growing window that runs out first speaks.
+* Projection: a run dies at its peaks, not at its floor. The peak headroom is how far chunk
+  maxima went above the trend line (spikes, sawtooth peaks, noise) plus, for a staircase, the
+  height of a stair (the second largest jump of the floor, so that a single step does not
+  count). Memory is projected to run out when floor + headroom reaches the limit, growing at
+  the low end of the slope's confidence interval (``projection_confidence``), so that a barely
+  significant drift near the limit does not look like a fast leak.
 
 Cost is bounded: each window keeps at most ``window_chunks`` chunk summaries; a reading costs
-O(1) per window and closing a chunk O(n² log n) with n = ``window_chunks`` (24 by default).
+O(1) per window, and closing a chunk O(n² log n) with n = ``window_chunks`` (24 by default).
 
 Example::
 
@@ -37,21 +40,22 @@ Example::
 from __future__ import annotations
 
 import math
+import statistics
 from collections import deque
 from dataclasses import asdict, dataclass, field
 from typing import Deque, List, Optional, Sequence, Tuple
 
 DEFAULT_CHUNK_SECONDS = (60.0, 240.0, 960.0)
 DEFAULT_WINDOW_CHUNKS = 24
-SEGMENTS = 4  # a window's floor must rise from each quarter to the next to count as sustained
+SEGMENTS = 4  # the floor must rise from each quarter of a window to the next to be sustained
 
 
 @dataclass
 class Assessment:
-    """What the detector concludes from the readings of one pool up to one reading.
+    """What the detector concludes about one pool at one reading.
 
     ``steps_to_limit``, ``seconds_to_limit`` and the projected exhaustion fields are ``None``
-    unless ``growing``. Byte counts are integers; ``to_dict()`` is JSON-serialisable.
+    unless ``growing``. ``to_dict()`` is JSON-serialisable.
     """
 
     pool: str
@@ -60,20 +64,21 @@ class Assessment:
     used_bytes: int
     limit_bytes: int
     ready: bool = False  # enough readings after the warm-up to judge a trend
-    note: str = ""  # why not ready, in words ("warming up", ...)
-    growing: bool = False  # sustained, significant growth of the lower envelope
-    slope_bytes_per_step: float = 0.0
+    note: str = ""  # why not ready, in words
+    growing: bool = False  # significant, sustained growth of the floor
+    slope_bytes_per_step: float = 0.0  # Theil-Sen slope of the floor
     slope_bytes_per_second: float = 0.0
+    slope_low_bytes_per_second: float = 0.0  # low end of its confidence interval (the projection's)
     trend_p_value: float = 1.0  # Mann-Kendall, one-sided (growth)
     trend_confidence: float = 0.0  # 1 - p
-    floor_bytes: int = 0  # the lower envelope now (trend line at this reading's time)
-    peak_headroom_bytes: int = 0  # how far above the floor peaks (and stairs) reach
+    floor_bytes: int = 0  # the floor now (trend line at this reading's time)
+    peak_headroom_bytes: int = 0  # how far above the floor peaks (and a staircase's stairs) reach
     steps_to_limit: Optional[int] = None
     seconds_to_limit: Optional[float] = None
     projected_exhaustion_step: Optional[int] = None
     projected_exhaustion_time_s: Optional[float] = None
-    window_seconds: float = 0.0  # the window that gave this assessment (chunk seconds * chunks)
-    window: dict = field(default_factory=dict)  # n, span_s, min/median/max used over the window
+    window_seconds: float = 0.0  # size of the window that gave this assessment
+    window: dict = field(default_factory=dict)  # n_chunks, n_readings, span_s, min/median/max used
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -109,33 +114,32 @@ class _Chunk:
 
 @dataclass
 class _Trend:
-    """The fit of one window: line through the chunk minima, tests, and headroom."""
+    """The fit of one window: a line through the chunk floors, its tests, and the headroom."""
 
     slope_per_s: float
+    slope_low_per_s: float
     intercept: float  # floor at time 0 (bytes)
     p_value: float
-    sustained: bool  # first, middle and last thirds rise by comparable amounts
-    headroom: float  # peaks above the line, plus the largest single rise of the floor
+    sustained: bool
+    headroom: float
     seconds_per_step: float
-    n: int
-    span_s: float
-    used_min: int
-    used_median: int
-    used_max: int
+    summary: dict
 
     def floor_at(self, time_s: float) -> float:
         return self.intercept + self.slope_per_s * time_s
 
 
 class _Window:
-    """A sliding window of chunk summaries at one time scale, refitted when a chunk closes."""
+    """A sliding window of at most ``max_chunks`` chunk summaries, refitted when a chunk closes."""
 
-    def __init__(self, chunk_seconds: float, max_chunks: int, min_chunks: int, sustain_ratio: float):
+    def __init__(self, chunk_seconds: float, max_chunks: int, min_chunks: int, sustain_ratio: float,
+                 slope_z: float):
         self.chunk_seconds = float(chunk_seconds)
         self.chunks: Deque[_Chunk] = deque(maxlen=max_chunks)
         self.open: Optional[_Chunk] = None
         self.min_chunks = min_chunks
         self.sustain_ratio = sustain_ratio
+        self.slope_z = slope_z
         self.trend: Optional[_Trend] = None
 
     @property
@@ -149,50 +153,60 @@ class _Window:
             return
         if self.open is not None:
             self.chunks.append(self.open)  # deque(maxlen) drops the oldest: bounded window
-            self.trend = fit_trend(list(self.chunks), self.min_chunks, self.sustain_ratio)
+            self.trend = fit_trend(list(self.chunks), self.min_chunks, self.sustain_ratio, self.slope_z)
         self.open = _Chunk.start(key, step, time_s, used)
 
 
-def fit_trend(chunks: Sequence[_Chunk], min_chunks: int, sustain_ratio: float) -> Optional[_Trend]:
-    """Theil-Sen line and Mann-Kendall test on the chunk minima; ``None`` below ``min_chunks``."""
+def fit_trend(chunks: Sequence[_Chunk], min_chunks: int, sustain_ratio: float, slope_z: float) -> Optional[_Trend]:
+    """Theil-Sen line and Mann-Kendall test on the chunk floors; ``None`` below ``min_chunks``."""
     n = len(chunks)
     if n < min_chunks:
         return None
     xs = [c.min_time for c in chunks]
     ys = [float(c.min_used) for c in chunks]
-    slope = theil_sen_slope(xs, ys)
+    slope, slope_low = theil_sen_slope(xs, ys, slope_z)
     intercept = _median([y - slope * x for x, y in zip(xs, ys)])
-    p_value = mann_kendall_p(ys)
-    parts = [_median(ys[i * n // SEGMENTS:(i + 1) * n // SEGMENTS]) for i in range(SEGMENTS)]
-    rises = [b - a for a, b in zip(parts, parts[1:])]
+    quarters = [_median(ys[i * n // SEGMENTS:(i + 1) * n // SEGMENTS]) for i in range(SEGMENTS)]
+    rises = [b - a for a, b in zip(quarters, quarters[1:])]
     sustained = min(rises) > 0 and min(rises) >= sustain_ratio * max(rises)
     peaks = max(c.max_used - (intercept + slope * c.max_time) for c in chunks)
-    # A staircase dies at its next stair, so the stair height is headroom the next stair needs.
-    # A stair is a rise of the floor from one chunk to the next beyond what the trend explains;
-    # the second largest one counts, so that one step up alone (a healthy one-time step) does not.
-    rises = sorted(b.min_used - a.min_used - slope * (b.min_time - a.min_time)
-                   for a, b in zip(chunks, list(chunks)[1:]))
-    stair = rises[-2] if len(rises) >= 2 else 0.0
+    # A staircase dies at its next stair, so a stair's height is headroom too. A stair is a jump
+    # of the floor from one chunk to the next beyond the trend; the second largest counts, so a
+    # single step up (healthy) does not.
+    jumps = sorted(b.min_used - a.min_used - slope * (b.min_time - a.min_time) for a, b in zip(chunks[:-1], chunks[1:]))
+    stair = jumps[-2] if len(jumps) >= 2 else 0.0
     steps = chunks[-1].last_step - chunks[0].first_step
     seconds = chunks[-1].last_time - chunks[0].first_time
-    used_sorted = sorted(c.min_used for c in chunks)
-    return _Trend(
-        slope_per_s=slope, intercept=intercept, p_value=p_value, sustained=sustained,
-        headroom=max(0.0, peaks) + max(0.0, stair),
-        seconds_per_step=seconds / steps if steps > 0 else 0.0,
-        n=n, span_s=seconds, used_min=min(c.min_used for c in chunks),
-        used_median=int(_median(used_sorted)), used_max=max(c.max_used for c in chunks))
+    summary = {"n_chunks": n, "n_readings": sum(c.count for c in chunks), "span_s": round(seconds, 2),
+               "min_used_bytes": min(c.min_used for c in chunks),
+               "median_floor_bytes": int(_median(ys)),
+               "max_used_bytes": max(c.max_used for c in chunks)}
+    return _Trend(slope, slope_low, intercept, mann_kendall_p(ys), sustained,
+                  headroom=max(0.0, peaks) + max(0.0, stair),
+                  seconds_per_step=seconds / steps if steps > 0 else 0.0, summary=summary)
 
 
-def theil_sen_slope(xs: Sequence[float], ys: Sequence[float]) -> float:
-    """Median of the slopes between all pairs of points (pairs with equal x are skipped)."""
-    slopes = [(ys[j] - ys[i]) / (xs[j] - xs[i])
-              for i in range(len(xs)) for j in range(i + 1, len(xs)) if xs[j] != xs[i]]
-    return _median(slopes) if slopes else 0.0
+def theil_sen_slope(xs: Sequence[float], ys: Sequence[float], z: float = 2.326) -> Tuple[float, float]:
+    """Theil-Sen slope (median of the slopes between all pairs of points) and its lower
+    confidence bound (Sen's rank bound: ``z`` standard errors of the Kendall statistic below).
+
+    Example: ``theil_sen_slope([0, 1, 2, 3], [0, 1, 2, 3]) == (1.0, 1.0)``
+    """
+    slopes = sorted((ys[j] - ys[i]) / (xs[j] - xs[i])
+                    for i in range(len(xs)) for j in range(i + 1, len(xs)) if xs[j] != xs[i])
+    if not slopes:
+        return 0.0, 0.0
+    n = len(xs)
+    spread = z * math.sqrt(n * (n - 1) * (2 * n + 5) / 18.0)
+    low_index = int((len(slopes) - spread) / 2)
+    return _median(slopes), slopes[max(0, min(len(slopes) - 1, low_index))]
 
 
 def mann_kendall_p(ys: Sequence[float]) -> float:
-    """One-sided p-value of the Mann-Kendall test for an increasing trend (normal approximation)."""
+    """One-sided p-value of the Mann-Kendall test for an increasing trend (normal approximation).
+
+    Example: ``mann_kendall_p(range(24)) < 1e-9``; ``mann_kendall_p([5] * 24) == 1.0``
+    """
     n = len(ys)
     if n < 3:
         return 1.0
@@ -201,16 +215,15 @@ def mann_kendall_p(ys: Sequence[float]) -> float:
         yi = ys[i]
         for j in range(i + 1, n):
             s += (ys[j] > yi) - (ys[j] < yi)
-    # Tie correction: equal values (a flat plateau read in whole MiB) lower the variance.
+    # Tie correction: equal values (readings in whole MiB on a flat plateau) lower the variance.
     counts: dict = {}
     for y in ys:
         counts[y] = counts.get(y, 0) + 1
     ties = sum(t * (t - 1) * (2 * t + 5) for t in counts.values() if t > 1)
     variance = (n * (n - 1) * (2 * n + 5) - ties) / 18.0
-    if variance <= 0:
+    if s <= 0 or variance <= 0:
         return 1.0
-    z = (s - 1) / math.sqrt(variance) if s > 0 else 0.0
-    return 0.5 * math.erfc(z / math.sqrt(2))
+    return 0.5 * math.erfc((s - 1) / math.sqrt(variance) / math.sqrt(2))
 
 
 def _median(values: Sequence[float]) -> float:
@@ -225,35 +238,37 @@ def _median(values: Sequence[float]) -> float:
 class TrendDetector:
     """Online trend detector for one memory pool; call ``update`` with every reading.
 
-    Readings before the warm-up (``warmup_steps`` and ``warmup_s`` both passed) are ignored: the
-    allocator is still growing into its working set. If step or time goes backwards (a resumed run
-    writing into the same trace), the detector starts over with a new warm-up.
+    The warm-up counts from the first reading this detector sees (so a resumed run warms up
+    again). If step or time goes backwards (a new process appending to the same trace), the
+    detector starts over.
 
     Example::
 
-        detector = TrendDetector("gpu0", warmup_s=600)
+        detector = TrendDetector("gpu0", warmup_s=1200)
         assessment = detector.update(step=1200, time_s=900.0, used_bytes=12 << 30, limit_bytes=80 << 30)
     """
 
     def __init__(self, pool: str, *, chunk_seconds: Sequence[float] = DEFAULT_CHUNK_SECONDS,
                  window_chunks: int = DEFAULT_WINDOW_CHUNKS, min_chunks: Optional[int] = None,
-                 warmup_steps: int = 0, warmup_s: float = 600.0, alpha: float = 0.001,
-                 sustain_ratio: float = 0.2, min_readings: int = 30):
+                 warmup_s: float = 1200.0, warmup_steps: int = 0, min_readings: int = 30,
+                 alpha: float = 0.001, sustain_ratio: float = 0.2, projection_confidence: float = 0.99):
         self.pool = pool
         self.alpha = alpha
-        self.warmup_steps = warmup_steps
         self.warmup_s = warmup_s
+        self.warmup_steps = warmup_steps
         self.min_readings = min_readings
         min_chunks = min_chunks if min_chunks is not None else max(6, window_chunks // 2)
-        self._window_args = (tuple(chunk_seconds), window_chunks, min_chunks, sustain_ratio)
+        slope_z = statistics.NormalDist().inv_cdf(projection_confidence)
+        self._window_args = (min_chunks, sustain_ratio, slope_z)
+        self._chunk_seconds = tuple(chunk_seconds)
+        self._window_chunks = window_chunks
         self._restart()
 
     def _restart(self) -> None:
-        chunk_seconds, window_chunks, min_chunks, sustain_ratio = self._window_args
         self.windows: List[_Window] = [
-            _Window(seconds, window_chunks, min_chunks, sustain_ratio) for seconds in chunk_seconds]
+            _Window(seconds, self._window_chunks, *self._window_args) for seconds in self._chunk_seconds]
         self.readings = 0  # readings after the warm-up
-        self._start: Optional[Tuple[int, float]] = None  # first (step, time) of this run
+        self._first: Optional[Tuple[int, float]] = None  # (step, time) of the first reading
         self._last: Optional[Tuple[int, float]] = None
 
     def update(self, step: int, time_s: float, used_bytes: int, limit_bytes: int) -> Assessment:
@@ -262,10 +277,10 @@ class TrendDetector:
         if self._last is not None and (step < self._last[0] or time_s < self._last[1]):
             self._restart()
         self._last = (step, time_s)
-        if self._start is None:
-            self._start = (step, time_s)
+        if self._first is None:
+            self._first = (step, time_s)
         base = Assessment(self.pool, step, time_s, used_bytes, limit_bytes, floor_bytes=used_bytes)
-        if step < self.warmup_steps or time_s < self.warmup_s:
+        if time_s - self._first[1] < self.warmup_s or step - self._first[0] < self.warmup_steps:
             base.note = "warming up"
             return base
         self.readings += 1
@@ -279,11 +294,10 @@ class TrendDetector:
     def _assess(self, base: Assessment) -> Assessment:
         best: Optional[Assessment] = None
         for window in self.windows:
-            if window.trend is None:
-                continue
-            candidate = self._assess_window(base, window)
-            if best is None or _more_urgent(candidate, best):
-                best = candidate
+            if window.trend is not None:
+                candidate = self._assess_window(base, window)
+                if best is None or _more_urgent(candidate, best):
+                    best = candidate
         if best is None:
             base.note = "not enough history for a trend yet"
             return base
@@ -293,18 +307,20 @@ class TrendDetector:
         trend = window.trend
         a = Assessment(base.pool, base.step, base.time_s, base.used_bytes, base.limit_bytes, ready=True)
         a.slope_bytes_per_second = trend.slope_per_s
+        a.slope_low_bytes_per_second = trend.slope_low_per_s
         a.slope_bytes_per_step = trend.slope_per_s * trend.seconds_per_step
         a.trend_p_value = trend.p_value
         a.trend_confidence = 1.0 - trend.p_value
         a.floor_bytes = int(trend.floor_at(base.time_s))
         a.peak_headroom_bytes = int(trend.headroom)
         a.window_seconds = window.seconds
-        a.window = {"n": trend.n, "span_s": round(trend.span_s, 2), "min_used_bytes": trend.used_min,
-                    "median_used_bytes": trend.used_median, "max_used_bytes": trend.used_max}
-        a.growing = trend.p_value <= self.alpha and trend.sustained and trend.slope_per_s > 0
+        a.window = dict(trend.summary)
+        a.growing = trend.p_value <= self.alpha and trend.sustained and trend.slope_low_per_s > 0
         if a.growing:
+            # Even the slowest growth the readings allow (the slope's lower bound) must exhaust
+            # memory soon: a barely significant drift near the limit is not a fast leak.
             left = base.limit_bytes - (a.floor_bytes + a.peak_headroom_bytes)
-            seconds = max(0.0, left / trend.slope_per_s)
+            seconds = max(0.0, left / trend.slope_low_per_s)
             a.seconds_to_limit = seconds
             a.projected_exhaustion_time_s = base.time_s + seconds
             if trend.seconds_per_step > 0:

@@ -42,7 +42,8 @@ class MemoryGuard:
             detector = TrendDetector(
                 pool, chunk_seconds=s.chunk_seconds, window_chunks=s.window_chunks,
                 warmup_steps=s.warmup_steps, warmup_s=s.warmup_s, alpha=1.0 - s.confidence,
-                sustain_ratio=s.sustain_ratio, min_readings=s.min_readings)
+                sustain_ratio=s.sustain_ratio, min_readings=s.min_readings,
+                projection_confidence=s.projection_confidence)
             self.detectors[pool] = detector
             self.policies[pool] = GuardPolicy(s)
         return detector

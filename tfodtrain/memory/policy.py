@@ -37,8 +37,9 @@ class GuardSettings:
     mode: str = "abort"
     """``abort``: checkpoint and exit 75 when a leak would exhaust memory within ``horizon_s``;
     ``warn``: only log; ``off``: watch nothing."""
-    warmup_s: float = 600.0
-    """Seconds from the start of the run during which readings are ignored (allocator warm-up)."""
+    warmup_s: float = 1200.0
+    """Seconds from the first reading during which readings are ignored: allocator growth, first
+    compilations and evaluations make early memory climb in steps that are not leaks."""
     warmup_steps: int = 0
     """Steps during which readings are ignored; both warm-ups must pass."""
     min_readings: int = 30
@@ -50,6 +51,9 @@ class GuardSettings:
     """Chunks per window (its size): a window spans ``window_chunks * chunk_seconds``."""
     confidence: float = 0.999
     """Confidence the Mann-Kendall test needs to call the floor growing (p <= 1 - confidence)."""
+    projection_confidence: float = 0.99
+    """The projection grows memory at the low end of the slope's confidence interval at this
+    level, so a barely significant drift close to the limit is not taken for a fast leak."""
     sustain_ratio: float = 0.2
     """The smaller of the two rises across the window's thirds must be at least this fraction
     of the larger one (a one-time step up raises only one)."""
@@ -65,8 +69,9 @@ class GuardSettings:
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ValueError(f"leak guard: mode must be one of {', '.join(MODES)}, got {self.mode!r}")
-        if not 0.5 <= self.confidence < 1:
-            raise ValueError(f"leak guard: confidence must be in [0.5, 1), e.g. 0.999, got {self.confidence!r}")
+        for name in ("confidence", "projection_confidence"):
+            if not 0.5 <= getattr(self, name) < 1:
+                raise ValueError(f"leak guard: {name} must be in [0.5, 1), e.g. 0.999, got {getattr(self, name)!r}")
         if not 0 < self.sustain_ratio <= 1:
             raise ValueError(f"leak guard: sustain_ratio must be in (0, 1], got {self.sustain_ratio!r}")
         if self.window_chunks < 6:
