@@ -32,9 +32,11 @@ function walk(node, host) {
   if (node.shadowRoot) walk(node.shadowRoot, node.tagName);
   for (const child of node.children || []) walk(child, host);
   if (node.tagName === 'STYLE' || node.tagName === 'SCRIPT') return;
-  if (node.tagName === 'path' && host === 'VZ-LINE-CHART2' && (node.getAttribute('class') || '').split(' ').includes('line')
+  const classes = (node.getAttribute && node.getAttribute('class') || '').split(' ');
+  if (node.tagName === 'path' && host === 'VZ-LINE-CHART2' && classes.includes('line')
       && (node.getAttribute('d') || '').length > 20) out.lines++;
-  if (node.nodeType === 1 && node.childElementCount === 0 && node.textContent.trim()) out.text.push(node.textContent.trim());
+  const text = node.childElementCount === 0 ? node.textContent.trim() : '';
+  if (node.nodeType === 1 && text) out.text.push(text);
 }
 walk(document.documentElement, '');
 return out;

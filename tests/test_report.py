@@ -188,7 +188,7 @@ def test_gpu_pool_peak_is_the_allocators(tmp_path):
     """A GPU pool's peak comes from TensorFlow's allocator peaks in memory_readings.jsonl. No GPU on this
     machine, so the run dir is written by hand in the monitor's formats (a trace row and a reading per step)."""
     gib = 1 << 30
-    (tmp_path / "config.yaml").write_text("experiment_name: ssd\ntrainer:\n  steps: 40\nguard:\n  mode: abort\n  settings: {}\n")
+    (tmp_path / "config.yaml").write_text("experiment_name: ssd\ntrainer: {steps: 40}\nguard: {mode: abort}\n")
     trace, readings = [HEADER_LINE], []
     for step in range(10, 41, 10):
         used, peak = 3 * gib + step * (1 << 20), 5 * gib + step * (1 << 20)  # evaluation-sized peaks between readings

@@ -84,8 +84,8 @@ def test_hparams_name_the_run_and_its_final_metrics(smoke_run, smoke_events):
 
 
 def test_swept_values_become_hparams():
-    config = {"experiment_name": "ssd", "seed": 1, "trainer": {"learning_rate": 0.02, "steps": 600, "mixed_precision": None},
-              "data": {"name": "tfrecord"}}
+    config = {"experiment_name": "ssd", "seed": 1, "data": {"name": "tfrecord"},
+              "trainer": {"learning_rate": 0.02, "steps": 600, "mixed_precision": None}}
     overrides = ["+experiment=ssd", "trainer.learning_rate=2e-2", "data=tfrecord", "hydra.run.dir=/x",
                  "~callbacks.progress", "trainer.mixed_precision=null"]
     hparams = run_hparams(config, overrides)
@@ -107,7 +107,8 @@ def test_every_guard_abort_is_a_text_summary_of_its_report():
 def test_progress_lines_report_rate_eta_loss_and_memory(smoke_run, smoke_events):
     """ProgressLogger's lines in the smoke run's log (Hydra's job log, beside the run's other files)."""
     log_text = "\n".join(p.read_text() for p in smoke_run.glob("*.log"))
-    pattern = re.compile(r"step (\d+)/6 \| ([\d.]+) steps/s \| ETA (\d+m\d\ds) \| loss ([\d.]+) \|.* host ([\d.]+)/([\d.]+) GiB")
+    pattern = re.compile(r"step (\d+)/6 \| ([\d.]+) steps/s \| ETA (\d+m\d\ds) \| loss ([\d.]+) \|"
+                         r".* host ([\d.]+)/([\d.]+) GiB")
     lines = pattern.findall(log_text)
     assert [int(step) for step, *_ in lines] == [2, 4, 6], log_text[-2000:]  # trainer.log_every=2
     limit = list(read_trace(smoke_run / "memory_trace_host.csv"))[-1].limit_bytes / (1 << 30)

@@ -9,10 +9,13 @@ Writes into RUN_DIR (or `--out DIR`):
   assessment, aborts and their reasons, restarts, evaluations.
 
 It reads only files: the traces (`memory_trace_<pool>.csv`), `memory_readings.jsonl`, `config.yaml`,
-`metrics.json`, `abort_report.json`, the supervisor's `restarts.jsonl` (tfodtrain.supervise) and the TensorBoard event files
-(guard texts, evaluations). The trend is not guessed: each pool's trace is replayed through
-`tfodtrain.memory.guard.MemoryGuard` with the run's own guard settings, one guard per training process,
-exactly as the `LeakGuard` callback ran it. No TensorFlow import: it works on a copied run dir anywhere.
+`metrics.json`, `abort_report.json`, the supervisor's `restarts.jsonl` (tfodtrain.supervise) and the
+TensorBoard event files (guard texts, evaluations). No TensorFlow import: it works on a copied run dir anywhere.
+
+The trends are the guard's, not fitted here: at each abort, the assessment the guard wrote into its report;
+at the end of the run, the one `tfodtrain.memory.guard.MemoryGuard` gives when each pool's trace is replayed
+with the run's guard settings (config.yaml), a fresh guard per training process as in training. Where that
+replay aborts is listed too: with the detector version that recorded the run, it is where the run aborted.
 
 Example:
     python -m tfodtrain.report outputs/leak_demo/2026-11-25_12-00-00
@@ -272,17 +275,36 @@ def load_run(run_dir: Path) -> RunRecord:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise UserError(f"{run_dir}: no such directory (give the run dir of a tfodtrain run)")
-    trace_paths = sorted(run_dir.glob("memory_trace_*.csv"))
-    markers_of_a_run = [run_dir / name for name in ("config.yaml", "metrics.json", "memory_readings.jsonl")]
-    if not trace_paths:
-        if any(path.exists() for path in markers_of_a_run):
-            raise UserError(f"{run_dir}: no memory readings (memory_trace_*.csv) to report: the run stopped before "
-                            "its first reading, or memory_monitor was off")
-        raise UserError(f"{run_dir}: not a tfodtrain run dir (no memory_trace_*.csv, config.yaml or metrics.json)")
-
     config = _read_config(run_dir / "config.yaml")
     settings, settings_note = guard_settings_of(config)
     readings = _read_jsonl(run_dir / "memory_readings.jsonl")
+    pools = _read_pools(run_dir, readings)
+    events = read_events(run_dir / "tensorboard")
+    abort_report = _read_json(run_dir / "abort_report.json")
+    metrics = _read_json(run_dir / "metrics.json")
+    markers = _guard_markers(events, abort_report, pools) + _eval_markers(events, metrics)
+    processes = _processes(readings)
+    ends = _read_jsonl(run_dir / RESTARTS_FILE)
+    for marker in _restart_markers(processes, ends):
+        if marker.kind == "stop" and any(m.kind == "stop" and m.label.startswith(f"exit {marker.details['exit_code']}:")
+                                         for m in markers):
+            continue  # the process said so itself (run/stopped)
+        markers.append(marker)
+    record = RunRecord(run_dir, config, metrics, _read_json(run_dir / "run_info.json"), abort_report, settings,
+                       settings_note, pools, markers, [p.first[1] for p in processes[1:]], ends)
+    _place_in_time(record)
+    replay(record)
+    return record
+
+
+def _read_pools(run_dir: Path, readings: list[dict]) -> dict:
+    """A PoolView per `memory_trace_<pool>.csv` with readings; `UserError` when there is none."""
+    trace_paths = sorted(run_dir.glob("memory_trace_*.csv"))
+    if not trace_paths:
+        if any((run_dir / name).exists() for name in ("config.yaml", "metrics.json", "memory_readings.jsonl")):
+            raise UserError(f"{run_dir}: no memory readings (memory_trace_*.csv) to report: the run stopped before "
+                            "its first reading, or memory_monitor was off")
+        raise UserError(f"{run_dir}: not a tfodtrain run dir (no memory_trace_*.csv, config.yaml or metrics.json)")
     pools = {}
     for path in trace_paths:
         name = path.stem[len("memory_trace_"):]
@@ -296,51 +318,44 @@ def load_run(run_dir: Path) -> RunRecord:
             pools[name] = PoolView(name, rows, peaks)
     if not pools:
         raise UserError(f"{run_dir}: the memory traces have a header but no readings yet")
+    return pools
 
-    markers = []
-    events = read_events(run_dir / "tensorboard")
-    aborts = {}
+
+def _guard_markers(events: list, abort_report: dict | None, pools: dict) -> list[Marker]:
+    """Every guard abort (event texts, and abort_report.json: the newest), warnings and other stops.
+
+    Each abort's own assessment is attached to its pool, to be drawn as the guard saw it."""
+    markers, aborts = [], {}
     for tag, step, _, value in events:
-        if tag == "guard/abort" and isinstance(value, str):
-            report = _abort_from_text(value)
-            if report is not None:
-                aborts[int(report.get("step", step))] = report
-        elif tag == "guard/warning" and isinstance(value, str):
+        if not isinstance(value, str):
+            continue
+        if tag == "guard/abort" and (report := _abort_from_text(value)) is not None:
+            aborts[int(report.get("step", step))] = report
+        elif tag == "guard/warning":
             markers.append(Marker("warning", step, label=value))
-        elif tag == "run/stopped" and isinstance(value, str) and not value.startswith(f"exit {GUARD_ABORT}:"):
+        elif tag == "run/stopped" and not value.startswith(f"exit {GUARD_ABORT}:"):
             markers.append(Marker("stop", step, label=value))
-    abort_report = _read_json(run_dir / "abort_report.json")
-    if abort_report is not None:  # the newest abort; the event files hold every one
+    if abort_report is not None:
         aborts[int(abort_report.get("step", 0))] = abort_report
-    markers += [_abort_marker(report) for _, report in sorted(aborts.items())]
-    for report in aborts.values():
+    for _, report in sorted(aborts.items()):
+        markers.append(_abort_marker(report))
         assessment = _assessment_of(report)
         if assessment is not None and assessment.pool in pools:
             pools[assessment.pool].recorded.append(assessment)
+    return markers
 
-    metrics = _read_json(run_dir / "metrics.json")
-    evals = {}
+
+def _eval_markers(events: list, metrics: dict | None) -> list[Marker]:
+    """Evaluation points: TensorBoard's eval/AP(50) scalars (periodic and final), and metrics.json's."""
+    evals: dict = {}
     for tag, step, _, value in events:
         if tag.startswith("eval/") and value is not None:
             evals.setdefault(step, {})[tag[len("eval/"):]] = value
     for evaluation in (metrics or {}).get("evaluations", []):
         evals.setdefault(int(evaluation["step"]), {}).update(
             {k: v for k, v in evaluation.items() if k in ("AP", "AP50")})
-    markers += [Marker("eval", step, label=f"AP {values.get('AP', float('nan')):.3f}", details=values)
-                for step, values in sorted(evals.items())]
-
-    processes = _processes(readings)
-    ends = _read_jsonl(run_dir / RESTARTS_FILE)
-    for marker in _restart_markers(processes, ends):
-        if marker.kind == "stop" and any(m.kind == "stop" and m.label.startswith(f"exit {marker.details['exit_code']}:")
-                                         for m in markers):
-            continue  # the process said so itself (run/stopped)
-        markers.append(marker)
-    record = RunRecord(run_dir, config, metrics, _read_json(run_dir / "run_info.json"), abort_report, settings,
-                       settings_note, pools, markers, [p.first[1] for p in processes[1:]], ends)
-    _place_in_time(record)
-    replay(record)
-    return record
+    return [Marker("eval", step, label=f"AP {values.get('AP', float('nan')):.3f}", details=values)
+            for step, values in sorted(evals.items())]
 
 
 def _place_in_time(record: RunRecord) -> None:
@@ -554,8 +569,8 @@ def _plot_pool(ax, view: PoolView, record: RunRecord, axis: str, unit: float) ->
     reach = data_max + 3.0 * max(data_max - data_min, 1.0)  # projections further out are cut at the edge
     x_max = data_max
     for index, a in enumerate(view.drawn_assessments()):
-        process_rows = next((rows for rows in segments if rows and rows[0].time_s <= a.time_s <= rows[-1].time_s + 0.005),
-                            view.rows)
+        process_rows = next((rows for rows in segments
+                             if rows and rows[0].time_s <= a.time_s <= rows[-1].time_s + 0.005), view.rows)
         x_max = max(x_max, _plot_trend(ax, _trend_lines(a, process_rows), a, axis, unit, reach, first=index == 0))
     last_limit = view.rows[-1]
     if x_max > data_max:  # the limit goes on where the projection goes
@@ -594,7 +609,8 @@ def _plot_trend(ax, lines: dict, a: Assessment, axis: str, unit: float, reach: f
 
 
 def _pool_title(view: PoolView) -> str:
-    return f"{view.name}: peak {view.peak_used / GIB:.2f} of {view.limit / GIB:.2f} GiB ({100.0 * view.peak_used / view.limit:.0f}%)"
+    share = 100.0 * view.peak_used / view.limit
+    return f"{view.name}: peak {view.peak_used / GIB:.2f} of {view.limit / GIB:.2f} GiB ({share:.0f}%)"
 
 
 def _guard_title(view: PoolView) -> str:
