@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -47,8 +48,8 @@ def tensorboard_command() -> list[str]:
 def serve(logdir: Path, ready_tag: str = "memory/host/used_mib", timeout: float = 240):
     """Start TensorBoard on `logdir`, wait until its scalars API lists `ready_tag`, yield its URL."""
     port = free_port()
-    log_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"tensorboard-test-{port}.log"
-    log = open(log_path, "w")
+    log = tempfile.NamedTemporaryFile("w+", prefix=f"tensorboard-{port}-", suffix=".log", delete=False)
+    log_path = Path(log.name)  # its tail goes into the error if the server does not come up
     process = subprocess.Popen(
         [*tensorboard_command(), "--logdir", str(logdir), "--host", "127.0.0.1", "--port", str(port)],
         stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
@@ -80,3 +81,4 @@ def serve(logdir: Path, ready_tag: str = "memory/host/used_mib", timeout: float 
                 os.killpg(process.pid, signal.SIGKILL)
             process.wait()
         log.close()
+        log_path.unlink(missing_ok=True)
