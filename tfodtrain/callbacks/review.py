@@ -35,8 +35,8 @@ MIB = float(1 << 20)
 CORE_HPARAMS = ("experiment_name",)
 # Override keys that are where/how a run is stored, not what it trains.
 IGNORED_OVERRIDES = ("run_dir", "hydra.")
-# Config-group overrides whose choice a core setting already shows (+experiment=smoke -> experiment_name).
-GROUP_ALIASES = {"experiment": "experiment_name"}
+# Config-group overrides whose choice a core setting already shows (+experiment=smoke: experiment_name).
+SHOWN_GROUPS = ("experiment",)
 FINAL_METRICS = ("eval/AP", "eval/AP50", "run/steps_per_second")
 
 
@@ -74,7 +74,7 @@ def run_hparams(config: dict, overrides: Iterable[str] = ()) -> dict:
         if not sep or key.startswith("~"):
             continue
         key = key.lstrip("+")
-        if key.startswith(IGNORED_OVERRIDES) or key in GROUP_ALIASES:
+        if key.startswith(IGNORED_OVERRIDES) or key in SHOWN_GROUPS:
             continue
         value, found = _lookup(config, key)
         # A group choice (data=tfrecord) or a list resolves to a section: the override's text says it best.
