@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
 
     started = time.monotonic()
     startup_s: list[float] = []  # start to first progress line, per attempt
-    step_s: list[float] = []  # between progress lines
+    step_s: list[float] = []  # seconds a step, checkpoint saves included, per attempt
     kills: list[dict] = []
     failures: list[str] = []
     previous: dict | None = None  # the last kill, checked against the next attempt's resume
@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
             at_startup = rng.random() < args.startup_share
             plan = ("startup", rng.uniform(0.5, statistics.median(startup_s) if startup_s else 60.0)) if at_startup \
                 else ("training", rng.uniform(0.0, 2 * interval * (statistics.median(step_s) if step_s else 1.0)))
-        killed = False
+        killed, killed_at = False, None
         while attempt.running():
             now = time.monotonic() - attempt.started
             if now > args.attempt_timeout_s:
@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
                 origin = 0.0 if mode == "startup" else (attempt.steps[0][0] if attempt.steps else None)
                 if origin is not None and now >= origin + delay:
                     os.killpg(attempt.proc.pid, signal.SIGKILL)
-                    killed = True
+                    killed, killed_at = True, round(now, 2)
                     break
             time.sleep(0.01)
         code = attempt.proc.wait()
@@ -157,7 +157,9 @@ def main(argv: list[str] | None = None) -> int:
         mid_save = sorted(p.name for p in ckpt_dir.glob("ckpt-*_temp")) if ckpt_dir.is_dir() else []
         if attempt.steps:
             startup_s.append(attempt.steps[0][0])
-            step_s.extend(b[0] - a[0] for a, b in zip(attempt.steps, attempt.steps[1:]) if b[1] > a[1])
+            (t0, s0), (t1, s1) = attempt.steps[0], attempt.steps[-1]
+            if s1 > s0:
+                step_s.append((t1 - t0) / (s1 - s0))
 
         if previous is not None:  # the attempt after a kill: did it resume where it should?
             if attempt.resumed_from != previous["checkpoint_after"]:
@@ -174,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
         if killed:
             problems = check_checkpoints(ckpt_dir)
             failures.extend(f"after kill {len(kills) + 1}: {p}" for p in problems)
-            previous = {"kill": len(kills) + 1, "attempt": number, "mode": plan[0], "at_s": round(time.monotonic() - attempt.started, 2),
+            previous = {"kill": len(kills) + 1, "attempt": number, "mode": plan[0], "at_s": killed_at,
                         "last_step": attempt.last_step, "mid_save": mid_save,
                         "checkpoint_after": checkpoint_files.latest_step(ckpt_dir), "unrestorable": problems}
             kills.append(previous)
