@@ -39,6 +39,7 @@ Example::
 
 from __future__ import annotations
 
+import bisect
 import math
 import statistics
 from collections import deque
@@ -140,6 +141,7 @@ class _Window:
         self.min_chunks = min_chunks
         self.sustain_ratio = sustain_ratio
         self.slope_z = slope_z
+        self.slopes: List[float] = []  # sorted slopes between all pairs of chunk floors
         self.trend: Optional[_Trend] = None
 
     @property
@@ -152,19 +154,47 @@ class _Window:
             self.open.add(step, time_s, used)
             return
         if self.open is not None:
-            self.chunks.append(self.open)  # deque(maxlen) drops the oldest: bounded window
-            self.trend = fit_trend(list(self.chunks), self.min_chunks, self.sustain_ratio, self.slope_z)
+            self._close(self.open)
         self.open = _Chunk.start(key, step, time_s, used)
 
+    def _close(self, chunk: _Chunk) -> None:
+        # Keep the pairwise slopes sorted as the window slides: O(n log n) per chunk instead of
+        # recomputing all n² pairs.
+        kept = list(self.chunks)
+        if len(kept) == self.chunks.maxlen:
+            oldest, kept = kept[0], kept[1:]
+            for other in kept:
+                _remove_sorted(self.slopes, _slope(oldest, other))
+        for other in kept:
+            bisect.insort(self.slopes, _slope(other, chunk))
+        self.chunks.append(chunk)  # deque(maxlen) drops the oldest: bounded window
+        self.trend = fit_trend(list(self.chunks), self.min_chunks, self.sustain_ratio, self.slope_z, self.slopes)
 
-def fit_trend(chunks: Sequence[_Chunk], min_chunks: int, sustain_ratio: float, slope_z: float) -> Optional[_Trend]:
-    """Theil-Sen line and Mann-Kendall test on the chunk floors; ``None`` below ``min_chunks``."""
+
+def _slope(earlier: _Chunk, later: _Chunk) -> float:
+    return (float(later.min_used) - float(earlier.min_used)) / (later.min_time - earlier.min_time)
+
+
+def _remove_sorted(values: List[float], value: float) -> None:
+    index = bisect.bisect_left(values, value)
+    if index < len(values) and values[index] == value:
+        del values[index]
+
+
+def fit_trend(chunks: Sequence[_Chunk], min_chunks: int, sustain_ratio: float, slope_z: float,
+              slopes: Optional[List[float]] = None) -> Optional[_Trend]:
+    """Theil-Sen line and Mann-Kendall test on the chunk floors; ``None`` below ``min_chunks``.
+
+    ``slopes``: the sorted pairwise slopes of the floors, if kept up to date by the caller.
+    """
     n = len(chunks)
     if n < min_chunks:
         return None
     xs = [c.min_time for c in chunks]
     ys = [float(c.min_used) for c in chunks]
-    slope, slope_low = theil_sen_slope(xs, ys, slope_z)
+    if slopes is None:
+        slopes = pairwise_slopes(xs, ys)  # chunk times increase, so every pair counts
+    slope, slope_low = theil_sen_slope(xs, ys, slope_z, slopes)
     intercept = _median([y - slope * x for x, y in zip(xs, ys)])
     quarters = [_median(ys[i * n // SEGMENTS:(i + 1) * n // SEGMENTS]) for i in range(SEGMENTS)]
     rises = [b - a for a, b in zip(quarters, quarters[1:])]
@@ -181,40 +211,51 @@ def fit_trend(chunks: Sequence[_Chunk], min_chunks: int, sustain_ratio: float, s
                "min_used_bytes": min(c.min_used for c in chunks),
                "median_floor_bytes": int(_median(ys)),
                "max_used_bytes": max(c.max_used for c in chunks)}
-    return _Trend(slope, slope_low, intercept, mann_kendall_p(ys), sustained,
+    return _Trend(slope, slope_low, intercept, mann_kendall_p(ys, slopes), sustained,
                   headroom=max(0.0, peaks) + max(0.0, stair),
                   seconds_per_step=seconds / steps if steps > 0 else 0.0, summary=summary)
 
 
-def theil_sen_slope(xs: Sequence[float], ys: Sequence[float], z: float = 2.326) -> Tuple[float, float]:
+def pairwise_slopes(xs: Sequence[float], ys: Sequence[float]) -> List[float]:
+    """The slopes between all pairs of points, sorted (pairs with equal x are skipped)."""
+    points = list(zip(xs, ys))
+    slopes: List[float] = []
+    for i, (xi, yi) in enumerate(points):
+        slopes.extend([(yj - yi) / (xj - xi) for xj, yj in points[i + 1:] if xj != xi])
+    slopes.sort()
+    return slopes
+
+
+def theil_sen_slope(xs: Sequence[float], ys: Sequence[float], z: float = 2.326,
+                    slopes: Optional[List[float]] = None) -> Tuple[float, float]:
     """Theil-Sen slope (median of the slopes between all pairs of points) and its lower
     confidence bound (Sen's rank bound: ``z`` standard errors of the Kendall statistic below).
 
     Example: ``theil_sen_slope([0, 1, 2, 3], [0, 1, 2, 3]) == (1.0, 1.0)``
     """
-    slopes = sorted((ys[j] - ys[i]) / (xs[j] - xs[i])
-                    for i in range(len(xs)) for j in range(i + 1, len(xs)) if xs[j] != xs[i])
+    slopes = pairwise_slopes(xs, ys) if slopes is None else slopes
     if not slopes:
         return 0.0, 0.0
     n = len(xs)
     spread = z * math.sqrt(n * (n - 1) * (2 * n + 5) / 18.0)
     low_index = int((len(slopes) - spread) / 2)
-    return _median(slopes), slopes[max(0, min(len(slopes) - 1, low_index))]
+    return _median_sorted(slopes), slopes[max(0, min(len(slopes) - 1, low_index))]
 
 
-def mann_kendall_p(ys: Sequence[float]) -> float:
+def mann_kendall_p(ys: Sequence[float], slopes: Optional[List[float]] = None) -> float:
     """One-sided p-value of the Mann-Kendall test for an increasing trend (normal approximation).
+
+    ``slopes``: the sorted pairwise slopes of ``ys`` against increasing x, if already computed
+    (their signs are the signs the test counts).
 
     Example: ``mann_kendall_p(range(24)) < 1e-9``; ``mann_kendall_p([5] * 24) == 1.0``
     """
     n = len(ys)
     if n < 3:
         return 1.0
-    s = 0
-    for i in range(n):
-        yi = ys[i]
-        for j in range(i + 1, n):
-            s += (ys[j] > yi) - (ys[j] < yi)
+    if slopes is None:
+        slopes = pairwise_slopes(range(n), ys)
+    s = len(slopes) - bisect.bisect_right(slopes, 0.0) - bisect.bisect_left(slopes, 0.0)
     # Tie correction: equal values (readings in whole MiB on a flat plateau) lower the variance.
     counts: dict = {}
     for y in ys:
@@ -224,6 +265,12 @@ def mann_kendall_p(ys: Sequence[float]) -> float:
     if s <= 0 or variance <= 0:
         return 1.0
     return 0.5 * math.erfc((s - 1) / math.sqrt(variance) / math.sqrt(2))
+
+
+def _median_sorted(ordered: Sequence[float]) -> float:
+    n = len(ordered)
+    mid = n // 2
+    return float(ordered[mid]) if n % 2 else (ordered[mid - 1] + ordered[mid]) / 2.0
 
 
 def _median(values: Sequence[float]) -> float:
@@ -292,18 +339,31 @@ class TrendDetector:
         return self._assess(base)
 
     def _assess(self, base: Assessment) -> Assessment:
-        best: Optional[Assessment] = None
+        # Rank the windows cheaply first; build the full assessment only for the one that speaks.
+        best, best_key = None, None
         for window in self.windows:
-            if window.trend is not None:
-                candidate = self._assess_window(base, window)
-                if best is None or _more_urgent(candidate, best):
-                    best = candidate
+            trend = window.trend
+            if trend is None:
+                continue
+            growing = trend.p_value <= self.alpha and trend.sustained and trend.slope_low_per_s > 0
+            seconds = self._seconds_to_limit(trend, base) if growing else math.inf
+            key = (not growing, seconds, trend.p_value)  # growing first, then the sooner, then surer
+            if best_key is None or key < best_key:
+                best, best_key = window, key
         if best is None:
             base.note = "not enough history for a trend yet"
             return base
-        return best
+        return self._assessment(base, best, growing=not best_key[0], seconds=best_key[1])
 
-    def _assess_window(self, base: Assessment, window: _Window) -> Assessment:
+    @staticmethod
+    def _seconds_to_limit(trend: _Trend, base: Assessment) -> float:
+        # Even the slowest growth the readings allow (the slope's lower bound) must exhaust
+        # memory soon: a barely significant drift near the limit is not a fast leak.
+        left = base.limit_bytes - (trend.floor_at(base.time_s) + trend.headroom)
+        return max(0.0, left / trend.slope_low_per_s)
+
+    @staticmethod
+    def _assessment(base: Assessment, window: _Window, growing: bool, seconds: float) -> Assessment:
         trend = window.trend
         a = Assessment(base.pool, base.step, base.time_s, base.used_bytes, base.limit_bytes, ready=True)
         a.slope_bytes_per_second = trend.slope_per_s
@@ -315,24 +375,11 @@ class TrendDetector:
         a.peak_headroom_bytes = int(trend.headroom)
         a.window_seconds = window.seconds
         a.window = dict(trend.summary)
-        a.growing = trend.p_value <= self.alpha and trend.sustained and trend.slope_low_per_s > 0
-        if a.growing:
-            # Even the slowest growth the readings allow (the slope's lower bound) must exhaust
-            # memory soon: a barely significant drift near the limit is not a fast leak.
-            left = base.limit_bytes - (a.floor_bytes + a.peak_headroom_bytes)
-            seconds = max(0.0, left / trend.slope_low_per_s)
+        a.growing = growing
+        if growing:
             a.seconds_to_limit = seconds
             a.projected_exhaustion_time_s = base.time_s + seconds
             if trend.seconds_per_step > 0:
                 a.steps_to_limit = int(seconds / trend.seconds_per_step)
                 a.projected_exhaustion_step = base.step + a.steps_to_limit
         return a
-
-
-def _more_urgent(a: Assessment, b: Assessment) -> bool:
-    """Growing beats not growing; among growing, the sooner exhaustion; else the lower p-value."""
-    if a.growing != b.growing:
-        return a.growing
-    if a.growing:
-        return a.seconds_to_limit < b.seconds_to_limit
-    return a.trend_p_value < b.trend_p_value

@@ -1,0 +1,232 @@
+"""Fast tests of the framework-free leak detector, the guard policy and the multi-pool guard."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+
+import pytest
+
+from tfodtrain.memory.detector import TrendDetector, mann_kendall_p, theil_sen_slope
+from tfodtrain.memory.guard import MemoryGuard
+from tfodtrain.memory.policy import Decision, GuardPolicy, GuardSettings
+
+GIB = 1 << 30
+MIB = 1 << 20
+
+
+def stream(level, seconds=6 * 3600, every_s=10.0, s_per_step=0.5, noise=0.1 * GIB, seed=0):
+    """(step, time_s, used_bytes) every ``every_s`` seconds; ``level(t)`` in bytes plus noise."""
+    rng = random.Random(seed)
+    t = 20.0
+    while t <= seconds:
+        yield int(t / s_per_step), round(t, 2), max(0, int(level(t) + rng.gauss(0, noise)))
+        t += every_s
+
+
+def first_abort(level, limit=40 * GIB, settings=None, **kw):
+    """(step, time_s, decision) of the first abort, or None; also stops at the limit (the run dies)."""
+    guard = MemoryGuard(settings or GuardSettings())
+    for step, t, used in stream(level, **kw):
+        if used >= limit:
+            return None
+        decision = guard.observe("gpu0", step, t, used, limit)
+        if decision.action == "abort":
+            return step, t, decision
+    return None
+
+
+def warm(level, t, base=12 * GIB):
+    """Allocator warm-up: memory climbs to ``base`` in the first minutes."""
+    return base * (1 - math.exp(-t / 90.0)) + level
+
+
+# --- statistics ------------------------------------------------------------------------------
+
+
+def test_theil_sen_ignores_outliers_and_bounds_slope_below():
+    xs = list(range(24))
+    ys = [2.0 * x for x in xs]
+    ys[5] = 500.0  # a spike
+    ys[17] = -300.0  # a dip
+    slope, low = theil_sen_slope(xs, ys)
+    assert slope == pytest.approx(2.0)
+    assert 0 < low <= slope
+
+
+def test_mann_kendall():
+    assert mann_kendall_p(list(range(24))) < 1e-6
+    assert mann_kendall_p([5.0] * 24) == 1.0
+    assert mann_kendall_p(list(range(24, 0, -1))) > 0.99
+    noise = random.Random(1)
+    assert mann_kendall_p([noise.gauss(0, 1) for _ in range(24)]) > 0.001
+
+
+# --- the detector on shapes healthy runs show ----------------------------------------------
+
+
+def test_linear_leak_is_aborted_well_before_the_limit():
+    limit = 40 * GIB
+    rate = 20 * GIB / (4 * 3600)  # 20 GiB in 4 h
+    hit = first_abort(lambda t: warm(rate * max(0, t - 300), t), limit=limit)
+    assert hit is not None
+    step, t, decision = hit
+    death_t = 300 + (limit - 12 * GIB) / rate
+    assert death_t - t >= 300  # minutes ahead, not seconds
+    a = decision.assessment
+    assert a.growing and a.seconds_to_limit <= GuardSettings().horizon_s
+    assert a.projected_exhaustion_step > step and a.projected_exhaustion_time_s > t
+    assert decision.reason.startswith("gpu0: memory grows")
+    assert "40.0 GiB limit" in decision.reason
+    json.dumps(a.to_dict())  # reports and the abort file take it as is
+
+
+def test_stable_plateau_close_to_the_limit_is_not_aborted():
+    limit = 40 * GIB
+    assert first_abort(lambda t: warm(0, t, base=38.6 * GIB), limit=limit, noise=0.15 * GIB) is None
+
+
+def test_one_time_step_up_is_not_a_trend():
+    jump = lambda t: 14 * GIB if t > 3 * 3600 else 0  # noqa: E731
+    assert first_abort(lambda t: warm(jump(t), t, base=18 * GIB), limit=40 * GIB) is None
+
+
+def test_gc_sawtooth_and_eval_spikes_are_not_leaks():
+    sawtooth = lambda t: 4 * GIB * ((t % 900) / 900)  # noqa: E731
+    spikes = lambda t: 8 * GIB if t % 1800 < 60 else 0  # noqa: E731
+    assert first_abort(lambda t: warm(sawtooth(t) + spikes(t), t, base=14 * GIB), limit=32 * GIB) is None
+
+
+def test_leak_that_stops_well_below_the_limit_is_not_aborted():
+    rate = 40 * GIB / (6 * 3600)  # would fill the card in ~6 h, but stops after 12 GiB
+    leak = lambda t: min(12 * GIB, rate * max(0, t - 2 * 3600))  # noqa: E731
+    assert first_abort(lambda t: warm(leak(t), t, base=10 * GIB), limit=48 * GIB, seconds=10 * 3600) is None
+
+
+def test_leak_under_a_sawtooth_is_projected_from_its_peaks():
+    limit = 40 * GIB
+    rate = 20 * GIB / (5 * 3600)
+    sawtooth = lambda t: 5 * GIB * ((t % 300) / 300)  # noqa: E731
+    hit = first_abort(lambda t: warm(rate * t + sawtooth(t), t), limit=limit, every_s=5.0)
+    assert hit is not None
+    a = hit[2].assessment
+    assert a.peak_headroom_bytes >= 4 * GIB  # the peaks, not the floor, reach the limit first
+    # The run would die when a tooth's peak reaches the limit: the abort comes before that.
+    assert a.floor_bytes + a.peak_headroom_bytes < limit + 1 * GIB
+
+
+def test_warm_up_is_ignored():
+    detector = TrendDetector("gpu0", warmup_s=600)
+    a = detector.update(10, 30.0, 5 * GIB, 40 * GIB)
+    assert not a.ready and a.note == "warming up"
+
+
+def test_window_never_exceeds_its_size():
+    detector = TrendDetector("gpu0", window_chunks=12, chunk_seconds=(60.0, 240.0))
+    for step, t, used in stream(lambda t: warm(0, t), seconds=12 * 3600, every_s=5.0):
+        detector.update(step, t, used, 40 * GIB)
+        for window in detector.windows:
+            assert len(window.chunks) <= 12
+    assert all(len(w.chunks) == 12 for w in detector.windows)
+
+
+def test_time_going_backwards_restarts_the_detector():
+    detector = TrendDetector("gpu0", warmup_s=60, min_readings=3)
+    for step, t, used in stream(lambda t: warm(0, t), seconds=3600):
+        detector.update(step, t, used, 40 * GIB)
+    assert detector.readings > 100
+    a = detector.update(100, 5.0, 10 * GIB, 40 * GIB)  # a new process appends to the same trace
+    assert detector.readings == 0 and a.note == "warming up"
+
+
+# --- policy ----------------------------------------------------------------------------------
+
+
+def test_settings_defaults_and_validation():
+    s = GuardSettings()
+    assert s.mode == "abort" and s.horizon_s == 900 and s.warmup_s == 1200
+    assert GuardSettings.from_mapping({"mode": "WARN", "horizon_s": "600", "chunk_seconds": [30, 120]}) == \
+        GuardSettings(mode="warn", horizon_s=600.0, chunk_seconds=(30.0, 120.0))
+    assert GuardSettings.from_mapping(None) == s
+    for bad, words in [({"horizon": 600}, "unknown setting 'horizon'"),
+                       ({"mode": "kill"}, "mode must be one of abort, warn, off"),
+                       ({"horizon_s": "soon"}, "horizon_s must be a number"),
+                       ({"window_chunks": 2.5}, "window_chunks must be a whole number"),
+                       ({"confidence": 1.5}, "confidence must be in [0.5, 1)"),
+                       ({"warn_horizon_s": 60}, "warn_horizon_s (60.0) must be >= horizon_s"),
+                       ({"on_abort_command": 3}, "on_abort_command must be"),
+                       ({"min_readings": True}, "min_readings must be")]:
+        with pytest.raises(ValueError) as error:
+            GuardSettings.from_mapping(bad)
+        message = str(error.value)
+        assert words in message and "\n" not in message
+
+
+def _growing_assessment(seconds_to_limit, time_s=5000.0, pool="gpu1"):
+    detector = TrendDetector(pool)
+    a = detector.update(1000, time_s, 30 * GIB, 40 * GIB)
+    a.growing, a.seconds_to_limit = True, seconds_to_limit
+    a.slope_bytes_per_step, a.trend_p_value = 3.1 * MIB, 1e-5
+    a.projected_exhaustion_step = 1000 + int(seconds_to_limit / 0.5)
+    return a
+
+
+def test_policy_actions_and_reason_name_the_pool():
+    policy = GuardPolicy(GuardSettings())
+    decision = policy.decide(_growing_assessment(570.0))
+    assert decision.action == "abort"
+    assert decision.reason.startswith("gpu1: memory grows 3.1 MiB/step (p<0.001)")
+    assert "in 9.5 min (< 15 min horizon)" in decision.reason
+    assert GuardPolicy(GuardSettings()).decide(_growing_assessment(1800.0)).action == "warn"
+    assert GuardPolicy(GuardSettings()).decide(_growing_assessment(10 * 3600.0)).action == "ok"
+
+
+def test_warn_mode_never_aborts_and_warnings_are_rate_limited():
+    policy = GuardPolicy(GuardSettings(mode="warn", warn_every_s=600))
+    actions = [policy.decide(_growing_assessment(100.0, time_s=5000.0 + 10 * i)).action for i in range(120)]
+    assert "abort" not in actions
+    assert actions.count("warn") == 2  # at 5000 s and again 600 s later, not every reading
+    assert GuardPolicy(GuardSettings(mode="off")).decide(_growing_assessment(0.0)).action == "ok"
+
+
+def test_warn_mode_never_aborts_a_real_leak():
+    rate = 20 * GIB / (3 * 3600)
+    guard = MemoryGuard(GuardSettings(mode="warn"))
+    actions = set()
+    for step, t, used in stream(lambda t: warm(rate * t, t)):
+        if used >= 40 * GIB:
+            break
+        actions.add(guard.observe("gpu0", step, t, used, 40 * GIB).action)
+    assert actions == {"ok", "warn"}
+
+
+# --- the multi-pool guard --------------------------------------------------------------------
+
+
+def test_guard_acts_on_the_pool_that_runs_out_first():
+    guard = MemoryGuard()
+    fast = 30 * GIB / (3 * 3600)
+    slow = 30 * GIB / (4 * 3600)
+    rng = random.Random(3)
+    decision = Decision()
+    for i in range(6 * 360):
+        t = 20.0 + 10 * i
+        step = int(t / 0.5)
+        readings = [("gpu0", step, t, int(warm(slow * t, t) + rng.gauss(0, 0.1 * GIB)), 48 * GIB),
+                    ("gpu1", step, t, int(warm(fast * t, t) + rng.gauss(0, 0.1 * GIB)), 48 * GIB),
+                    ("host", step, t, int(warm(0, t, base=20 * GIB) + rng.gauss(0, 0.1 * GIB)), 64 * GIB)]
+        decision = guard.observe_many(readings)
+        if decision.action == "abort":
+            break
+    assert decision.action == "abort" and decision.pool == "gpu1"
+    assert decision.reason.startswith("gpu1: ")
+    assert set(guard.assessments) == {"gpu0", "gpu1", "host"}
+    assert guard.assessments["gpu0"].seconds_to_limit > guard.assessments["gpu1"].seconds_to_limit
+    assert not guard.assessments["host"].growing
+
+
+def test_guard_off_watches_nothing():
+    guard = MemoryGuard(GuardSettings(mode="off"))
+    assert guard.observe("gpu0", 1, 1.0, 39 * GIB, 40 * GIB).action == "ok"
+    assert guard.detectors == {}
