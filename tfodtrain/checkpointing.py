@@ -48,7 +48,10 @@ class Checkpointer:
         self.directory = Path(directory)  # where checkpoints are restored from
         self.write_directory = Path(write_directory or directory)  # scratch (deleted after saves) if not `directory`
         self.step = optimizer.iterations  # the global step is the optimizer's iteration count
-        self.checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, global_step=self.step)
+        # Model Garden's trainer layout: the model's modules (backbone, decoder, head) also at the root,
+        # so the task's `init_checkpoint(_modules)` can warm-start another model from these checkpoints.
+        items = dict(getattr(model, "checkpoint_items", {}))
+        self.checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, global_step=self.step, **items)
         self.manager = tf.train.CheckpointManager(
             self.checkpoint, str(self.write_directory), max_to_keep=keep, step_counter=self.step
         )

@@ -81,3 +81,6 @@ def check_config(cfg: DictConfig) -> None:
     from tfodtrain.preflight import check_preflight_settings  # pre-flight, float64, bad-record and guard settings
 
     check_preflight_settings(cfg)
+    from tfodtrain.use import check_use_settings  # warm start settings; imported late: use.py imports train.py
+
+    check_use_settings(cfg)

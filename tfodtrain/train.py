@@ -313,6 +313,7 @@ def train(cfg: DictConfig) -> dict:
     from tfodtrain.callbacks.base import RunContext
     from tfodtrain.callbacks.evaluation import CocoEvaluator, PeriodicEvaluation, write_eval_summaries
     from tfodtrain.checkpointing import Checkpointer
+    from tfodtrain.use import warm_start
     from official.core import task_factory
 
     tf_keras.utils.set_random_seed(int(cfg.seed))
@@ -332,7 +333,7 @@ def train(cfg: DictConfig) -> dict:
     task = task_factory.get_task(params.task, logging_dir=str(run_dir))
     with strategy.scope():
         detector = task.build_model()
-        task.initialize(detector)
+        warm_start(task, detector)  # the task's initialize (model.init_checkpoint), one line if it does not fit
         optimizer = task.create_optimizer(params.trainer.optimizer_config, params.runtime)
         trainer_model = make_trainer_model(task, detector)
         trainer_model.compile(optimizer=optimizer, steps_per_execution=int(cfg.trainer.steps_per_execution),
