@@ -217,6 +217,15 @@ def _task_and_detector(overrides, run_dir):
     return task, task.build_model(), params
 
 
+def test_init_checkpoint_modules_reach_model_garden_as_it_reads_them(tmp_path):
+    from tfodtrain.train import build_experiment
+
+    for value, expected in (("[backbone,decoder]", ["backbone", "decoder"]), ("backbone", "backbone"), ("all", "all")):
+        cfg = compose_config(["+experiment=smoke", f"model.init_checkpoint_modules={value}"], run_dir=tmp_path)
+        params = build_experiment(cfg, {"train": "unused", "val": "unused", "num_classes": 4})
+        assert params.task.init_checkpoint_modules == expected
+
+
 def test_warm_start_from_another_runs_checkpoint(smoke_run, reference, tmp_path):
     from tfodtrain.use import build_variables, warm_start
 

@@ -81,7 +81,8 @@ def build_experiment(cfg: DictConfig, data: dict):
     task.model.input_size = [size, size, 3]
     task.annotation_file = None  # evaluate from the TFRecord groundtruths
     task.init_checkpoint = cfg.model.init_checkpoint
-    task.init_checkpoint_modules = cfg.model.init_checkpoint_modules
+    modules = cfg.model.init_checkpoint_modules
+    task.init_checkpoint_modules = modules if isinstance(modules, str) else list(modules)  # not a ListConfig
     task.losses.l2_weight_decay = float(trainer.weight_decay)
     task.train_data.input_path = data["train"]
     task.train_data.global_batch_size = int(trainer.batch_size)
