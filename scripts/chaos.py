@@ -2,8 +2,9 @@
 
 Each attempt is `python -m tfodtrain +experiment=smoke ... hydra.run.dir=RUN_DIR` (the same command, as
 a scheduler or the supervisor would rerun it). A quarter of the kills land at a random moment of the
-start-up (imports, model build, restore, tracing), the rest at a random moment of training (steps,
-callbacks, checkpoint saves: `checkpoint_every` is small so saves are frequent). After every kill the
+start-up (imports, model build, restore, tracing), the rest at a random moment of training: a random
+step of the next two checkpoint intervals, at a random moment within a step's time (steps, callbacks,
+checkpoint saves; `checkpoint_every` is small so saves are frequent). After every kill the
 script checks that each checkpoint the state file names is complete and readable (every tensor read
 back through TensorFlow), and the next attempt must resume from the newest one and redo at most one
 checkpoint interval (the last step the killed attempt logged minus the step the next one resumed
@@ -124,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
 
     started = time.monotonic()
     startup_s: list[float] = []  # start to first progress line, per attempt
-    step_s: list[float] = []  # seconds a step, checkpoint saves included, per attempt
+    gaps_s: list[float] = [2.0]  # seconds between two progress lines (a step, with its save if any)
     kills: list[dict] = []
     failures: list[str] = []
     previous: dict | None = None  # the last kill, checked against the next attempt's resume
@@ -135,8 +136,11 @@ def main(argv: list[str] | None = None) -> int:
         plan = None
         if len(kills) < args.kills:
             at_startup = rng.random() < args.startup_share
+            # Start-up: a random moment before the first step ends. Training: once a random one of the next
+            # 2 checkpoint intervals' steps is logged, a random moment within the longest step seen (which
+            # includes a save): kills fall on steps, callbacks and saves alike, and the run moves on.
             plan = ("startup", rng.uniform(0.5, statistics.median(startup_s) if startup_s else 60.0)) if at_startup \
-                else ("training", rng.uniform(0.0, 2 * interval * (statistics.median(step_s) if step_s else 1.0)))
+                else ("training", rng.randrange(2 * interval), rng.uniform(0.0, min(max(gaps_s), 10.0)))
         killed, killed_at = False, None
         while attempt.running():
             now = time.monotonic() - attempt.started
@@ -145,8 +149,12 @@ def main(argv: list[str] | None = None) -> int:
                 os.killpg(attempt.proc.pid, signal.SIGKILL)
                 break
             if plan is not None:
-                mode, delay = plan
-                origin = 0.0 if mode == "startup" else (attempt.steps[0][0] if attempt.steps else None)
+                if plan[0] == "startup":
+                    origin, delay = 0.0, plan[1]
+                else:
+                    target = attempt.steps[0][1] + plan[1] if attempt.steps else None
+                    origin = next((t for t, step in attempt.steps if step >= target), None) if target else None
+                    delay = plan[2]
                 if origin is not None and now >= origin + delay:
                     os.killpg(attempt.proc.pid, signal.SIGKILL)
                     killed, killed_at = True, round(now, 2)
@@ -157,9 +165,7 @@ def main(argv: list[str] | None = None) -> int:
         mid_save = sorted(p.name for p in ckpt_dir.glob("ckpt-*_temp")) if ckpt_dir.is_dir() else []
         if attempt.steps:
             startup_s.append(attempt.steps[0][0])
-            (t0, s0), (t1, s1) = attempt.steps[0], attempt.steps[-1]
-            if s1 > s0:
-                step_s.append((t1 - t0) / (s1 - s0))
+            gaps_s.extend(b[0] - a[0] for a, b in zip(attempt.steps, attempt.steps[1:]) if b[1] == a[1] + 1)
 
         if previous is not None:  # the attempt after a kill: did it resume where it should?
             if attempt.resumed_from != previous["checkpoint_after"]:
