@@ -128,6 +128,7 @@ def test_window_never_exceeds_its_size():
         detector.update(step, t, used, 40 * GIB)
         for window in detector.windows:
             assert len(window.chunks) <= 12
+            assert len(window.slopes) <= 12 * 11 // 2  # the pairwise slopes kept for the fit
     assert all(len(w.chunks) == 12 for w in detector.windows)
 
 

@@ -56,7 +56,7 @@ class Assessment:
     """What the detector concludes about one pool at one reading.
 
     ``steps_to_limit``, ``seconds_to_limit`` and the projected exhaustion fields are ``None``
-    unless ``growing``. ``to_dict()`` is JSON-serialisable.
+    unless ``growing`` (and the limit is known, > 0). ``to_dict()`` is JSON-serialisable.
     """
 
     pool: str
@@ -359,6 +359,8 @@ class TrendDetector:
     def _seconds_to_limit(trend: _Trend, base: Assessment) -> float:
         # Even the slowest growth the readings allow (the slope's lower bound) must exhaust
         # memory soon: a barely significant drift near the limit is not a fast leak.
+        if base.limit_bytes <= 0:  # no known limit: nothing to project to
+            return math.inf
         left = base.limit_bytes - (trend.floor_at(base.time_s) + trend.headroom)
         return max(0.0, left / trend.slope_low_per_s)
 
@@ -376,7 +378,7 @@ class TrendDetector:
         a.window_seconds = window.seconds
         a.window = dict(trend.summary)
         a.growing = growing
-        if growing:
+        if growing and math.isfinite(seconds):
             a.seconds_to_limit = seconds
             a.projected_exhaustion_time_s = base.time_s + seconds
             if trend.seconds_per_step > 0:

@@ -48,15 +48,17 @@ class GuardSettings:
     """Chunk length of each window, seconds; one window per value (short ones react to fast
     leaks, long ones see slow leaks and rare stairs)."""
     window_chunks: int = DEFAULT_WINDOW_CHUNKS
-    """Chunks per window (its size): a window spans ``window_chunks * chunk_seconds``."""
+    """Chunks per window (its size): a window spans ``window_chunks * chunk_seconds`` and judges
+    once half full."""
     confidence: float = 0.999
     """Confidence the Mann-Kendall test needs to call the floor growing (p <= 1 - confidence)."""
     projection_confidence: float = 0.99
     """The projection grows memory at the low end of the slope's confidence interval at this
     level, so a barely significant drift close to the limit is not taken for a fast leak."""
     sustain_ratio: float = 0.2
-    """The smaller of the two rises across the window's thirds must be at least this fraction
-    of the larger one (a one-time step up raises only one)."""
+    """Sustained growth: the floor must rise from each quarter of a window to the next, the
+    smallest of the three rises at least this fraction of the largest (a one-time step up
+    raises at most two)."""
     horizon_s: float = 900.0
     """Abort when memory is projected to reach the limit within this many seconds."""
     warn_horizon_s: float = 3600.0
@@ -74,8 +76,8 @@ class GuardSettings:
                 raise ValueError(f"leak guard: {name} must be in [0.5, 1), e.g. 0.999, got {getattr(self, name)!r}")
         if not 0 < self.sustain_ratio <= 1:
             raise ValueError(f"leak guard: sustain_ratio must be in (0, 1], got {self.sustain_ratio!r}")
-        if self.window_chunks < 6:
-            raise ValueError(f"leak guard: window_chunks must be at least 6, got {self.window_chunks!r}")
+        if self.window_chunks < 8:
+            raise ValueError(f"leak guard: window_chunks must be at least 8, got {self.window_chunks!r}")
         if not self.chunk_seconds or any(s <= 0 for s in self.chunk_seconds):
             raise ValueError("leak guard: chunk_seconds must be a non-empty list of positive seconds, "
                              f"e.g. [60, 240, 960], got {list(self.chunk_seconds)!r}")
@@ -177,6 +179,8 @@ class GuardPolicy:
         self._last_warn_time: Optional[float] = None
 
     def decide(self, assessment: Assessment) -> Decision:
+        """The action for this assessment; a warning that is not yet due again comes back as a
+        quiet ``ok`` (no reason), so a caller can log every non-ok decision as it comes."""
         s = self.settings
         decision = Decision("ok", "", assessment, assessment.pool)
         if s.mode == "off" or not assessment.growing or assessment.seconds_to_limit is None:
@@ -185,9 +189,9 @@ class GuardPolicy:
         seconds = assessment.seconds_to_limit
         if seconds <= s.horizon_s:
             action = "abort" if s.mode == "abort" else "warn"
-            horizon = s.horizon_s
+            horizon = (s.horizon_s, "horizon")
         elif seconds <= s.warn_horizon_s:
-            action, horizon = "warn", s.warn_horizon_s
+            action, horizon = "warn", (s.warn_horizon_s, "warning horizon")
         else:
             self._last_action = "ok"
             return decision
@@ -196,7 +200,7 @@ class GuardPolicy:
             return decision
         self._last_action = action
         decision.action = action
-        decision.reason = describe(assessment, horizon)
+        decision.reason = describe(assessment, *horizon)
         return decision
 
     def _warning_due(self, time_s: float) -> bool:
@@ -208,7 +212,7 @@ class GuardPolicy:
         return due
 
 
-def describe(a: Assessment, horizon_s: float) -> str:
+def describe(a: Assessment, horizon_s: float, horizon_name: str = "horizon") -> str:
     """One sentence, naming the pool: how fast memory grows and when it would run out.
 
     Example: ``gpu0: memory grows 3.1 MiB/step (p<0.001); projected to reach the 80.0 GiB limit
@@ -219,7 +223,7 @@ def describe(a: Assessment, horizon_s: float) -> str:
         f"{_bytes(a.slope_bytes_per_second * 60)}/min"
     at_step = f" at step {a.projected_exhaustion_step}" if a.projected_exhaustion_step is not None else ""
     return (f"{a.pool}: memory grows {growth} ({p}); projected to reach the {a.limit_bytes / GIB:.1f} GiB limit"
-            f"{at_step} in {_duration(a.seconds_to_limit)} (< {_duration(horizon_s)} horizon); "
+            f"{at_step} in {_duration(a.seconds_to_limit)} (< {_duration(horizon_s)} {horizon_name}); "
             f"now {a.used_bytes / GIB:.1f} GiB, peaks reach {a.peak_headroom_bytes / GIB:.1f} GiB above the floor")
 
 

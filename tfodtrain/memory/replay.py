@@ -93,6 +93,9 @@ def main(argv: Optional[list] = None) -> int:
             message = str(error) if isinstance(error, TraceFormatError) else f"{path}: not a text CSV file"
             print(f"replay: {message}", file=sys.stderr)
             return BAD_INPUT
+        except OSError as error:
+            print(f"replay: {path}: cannot read it ({error.strerror or error})", file=sys.stderr)
+            return BAD_INPUT
         print(json.dumps(result), flush=True)
     return 0
 
