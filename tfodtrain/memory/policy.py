@@ -219,6 +219,8 @@ def describe(a: Assessment, horizon_s: float, horizon_name: str = "horizon") -> 
     at step 27010 in 9.5 min (< 15 min horizon)``
     """
     p = "p<0.001" if a.trend_p_value < 0.001 else f"p={a.trend_p_value:.3f}"
+    if a.seconds_to_limit is None:
+        return f"{a.pool}: memory grows ({p}); no limit known to project to"
     growth = f"{_bytes(a.slope_bytes_per_step)}/step" if a.slope_bytes_per_step else \
         f"{_bytes(a.slope_bytes_per_second * 60)}/min"
     at_step = f" at step {a.projected_exhaustion_step}" if a.projected_exhaustion_step is not None else ""

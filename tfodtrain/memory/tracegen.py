@@ -95,16 +95,14 @@ class _Run:
 
     def _add_warmup_ramp(self) -> None:
         # The allocator grows into the working set in the first minutes: base * (1 - e^(-t/tau)).
+        # The base is read when the curve is drawn: shapes may move it after this part is added.
         tau = self.rng.uniform(30.0, 120.0)
         start = self.rng.uniform(0.02, 0.3)
-        self.parts.append(lambda step, t, b=self.base_level: -(b() * (1 - start)) * math.exp(-t / tau))
-
-    def base_level(self) -> float:
-        return self.base
+        self.parts.append(lambda step, t: -(self.base * (1 - start)) * math.exp(-t / tau))
 
     def _add_wander(self) -> None:
         # Fragmentation and batch-shape changes make plateaus drift slowly by a fraction of a GiB.
-        amp = self.wander = self.limit * self.rng.uniform(0.0, 0.006)
+        amp = self.wander = self.limit * self.rng.uniform(0.0, 0.006)  # GiB
         period = self.rng.uniform(1.0, 5.0) * HOUR
         phase = self.rng.uniform(0, 2 * math.pi)
         self.parts.append(lambda step, t: amp * math.sin(2 * math.pi * t / period + phase))
@@ -251,7 +249,7 @@ def shape_late_leak(run: _Run) -> bool:
 
 
 def shape_staircase_leak(run: _Run) -> bool:
-    # Memory held once per evaluation (kept detections): a stair every interval, 4-12 to death.
+    # Memory held once per evaluation (kept detections): a stair every interval, 5-14 to death.
     rng = run.rng
     every = run.steps_for(rng.uniform(10, 60) * 60)
     stairs = rng.randint(5, 14)
@@ -310,8 +308,8 @@ def generate_trace(kind: str, seed: int, mixtures: bool = False, name: Optional[
                    noise_scale: float = 1.0) -> GeneratedTrace:
     """One trace of ``kind``; deterministic in (kind, seed, mixtures).
 
-    Healthy runs are drawn again until they stay below the limit; leaks until they die (and not
-    before their leak could be seen: at least 45 minutes after the warm-up).
+    Healthy runs are drawn again until their peaks stay clearly below the limit; leaks until they
+    die, an hour into the run at the earliest (a guard cannot be asked to see sooner).
     """
     if kind not in SHAPES:
         raise ValueError(f"unknown trace kind '{kind}'; known kinds: {', '.join(ALL_KINDS)}")
