@@ -128,7 +128,7 @@ def test_mixed_float16_gets_loss_scaling(tmp_path, data_cache):
 
 
 def test_alternating_blocks_attribute_each_step_to_its_mode(tmp_path):
-    from tfodtrain.callbacks.overhead import AlternatingBlocks
+    from tfodtrain.callbacks.timing import AlternatingBlocks
     from tfodtrain.benchmarking import overhead_summary
 
     class Counter(RunCallback):
@@ -146,8 +146,8 @@ def test_alternating_blocks_attribute_each_step_to_its_mode(tmp_path):
     for batch in range(15):
         blocks.on_train_batch_end(batch)
     clock, timed = 0.0, []
-    for step, _, ran in blocks.marks:  # a step takes 12 ms after a hook that ran the callback, else 10 ms
-        timed.append((step, clock, ran))
+    for step, _, _, ran in blocks.marks:  # a step takes 12 ms after a hook that ran the callback, else 10 ms
+        timed.append((step, clock, clock / 2, ran))
         clock += 0.012 if ran else 0.010
     blocks.marks = timed
     blocks.on_train_end()
@@ -157,6 +157,7 @@ def test_alternating_blocks_attribute_each_step_to_its_mode(tmp_path):
     assert [(b["block"], b["with"], b["steps"]) for b in saved] == [(0, True, 3), (1, False, 3), (2, True, 3),
                                                                     (3, False, 3)]
     assert overhead_summary(saved)["overhead_ratio"] == pytest.approx(1.2)
+    assert overhead_summary(saved, "cpu_seconds_per_step")["overhead_ratio"] == pytest.approx(1.2)
 
 
 @pytest.mark.slow
@@ -172,3 +173,13 @@ def test_steps_per_execution_run_reads_and_saves_at_the_expected_steps(tmp_path,
     assert trace_steps == [4, 6]
     saved = sorted(int(p.name.split("-")[1].split(".")[0]) for p in (run_dir / "checkpoints").glob("ckpt-*.index"))
     assert saved == [4, 6, 7]  # every 3 steps at execution ends, and the final step
+
+
+def test_window_rates_start_at_the_first_mark_past_start_step():
+    from tfodtrain.callbacks.timing import window_rates
+
+    # (step, wall s, CPU s): a slow tracing step, a one-time pause at step 10, then 0.5 s / 0.25 CPU-s a step
+    marks = [(1, 30.0, 20.0), (10, 36.0, 24.0), (20, 41.0, 26.5), (30, 46.0, 29.0)]
+    assert window_rates(marks, start_step=10) == {"steps_per_second": 2.0, "steps_per_cpu_second": 4.0,
+                                                  "timed_steps": 20, "first_timed_step": 10}
+    assert window_rates(marks, start_step=31)["steps_per_second"] is None

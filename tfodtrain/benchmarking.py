@@ -6,10 +6,10 @@ The two benchmark scripts are thin command lines over this module:
   default callbacks) and through Model Garden's `train_lib.run_experiment` (orbit), each run in a fresh
   process. `train_model_garden` is the Model Garden side: the same `build_experiment` params, timed by
   a `LoopTimer` orbit action, with two one-step loops first (`single_step_loops_controller`) so the
-  tracing step (and the checkpoint orbit saves after a fresh run's first loop) are left out, as
-  tfodtrain's `ThroughputMeter` leaves out its first execution.
+  tracing step and the checkpoint orbit saves after a fresh run's first loop are left out, as the
+  tracing step and other one-time work are left out of tfodtrain's rate (`StepClock`).
 - `scripts/bench_overhead.py` runs one smoke-sized training in one process; the callback
-  `tfodtrain.callbacks.overhead.AlternatingBlocks` switches the memory monitor and leak guard on and off
+  `tfodtrain.callbacks.timing.AlternatingBlocks` switches the memory monitor and leak guard on and off
   in blocks of steps and times every step; `overhead_summary` reduces its blocks.
 
 Nothing here imports TensorFlow at module level (the scripts' parent processes stay light).
@@ -54,27 +54,19 @@ def round_up(value: int, multiple: int) -> int:
 
 
 class LoopTimer:
-    """Orbit train action: the monotonic time and global step after every Model Garden train loop.
+    """Orbit train action: global step, monotonic and process CPU time after every Model Garden train loop.
 
     Orbit calls train actions right after `trainer.train(n)` returns, before it logs, writes summaries
     and checkpoints; consecutive marks therefore bracket whole loop cycles, like consecutive
-    `on_train_batch_end` calls in Keras. The rate leaves out the first `skip_loops` loops.
+    `on_train_batch_end` calls in Keras (tfodtrain.callbacks.timing.StepClock, the same `window_rates`).
     """
 
-    def __init__(self, global_step, skip_loops: int = 2):
+    def __init__(self, global_step):
         self.global_step = global_step
-        self.skip_loops = int(skip_loops)
-        self.marks: list[tuple[float, int]] = []
+        self.marks: list[tuple[int, float, float]] = []
 
     def __call__(self, train_output) -> None:
-        self.marks.append((time.monotonic(), int(self.global_step.numpy())))
-
-    def steps_per_second(self) -> float | None:
-        """Steps/s from the end of loop `skip_loops` to the end of the last loop."""
-        if len(self.marks) <= self.skip_loops:
-            return None
-        (t0, s0), (t1, s1) = self.marks[self.skip_loops - 1], self.marks[-1]
-        return (s1 - s0) / (t1 - t0) if t1 > t0 else None
+        self.marks.append((int(self.global_step.numpy()), time.monotonic(), time.process_time()))
 
 
 def single_step_loops_controller(first_loops: int = 2):
@@ -113,8 +105,10 @@ def model_garden_params(cfg: DictConfig, steps_per_loop: int):
     return params
 
 
-def train_model_garden(cfg: DictConfig, steps_per_loop: int) -> dict:
-    """Train `cfg` with Model Garden's `train_lib.run_experiment` in `cfg.run_dir`; returns the timing.
+def train_model_garden(cfg: DictConfig, steps_per_loop: int, start_step: int = 2) -> dict:
+    """Train `cfg` with Model Garden's `train_lib.run_experiment` in `cfg.run_dir`; returns the timing
+    from the first loop end at or past `start_step` (at least 2: loop 1 traces and is followed by
+    orbit's first-loop checkpoint) to the last.
 
     Same seed, device setup, mixed-precision policy and (through `build_experiment`) the same task, data
     and optimizer config as `tfodtrain.train.train`; the default distribution strategy, as tfodtrain uses.
@@ -123,6 +117,7 @@ def train_model_garden(cfg: DictConfig, steps_per_loop: int) -> dict:
     import tf_keras
     from official.core import task_factory, train_lib, train_utils
 
+    from tfodtrain.callbacks.timing import window_rates
     from tfodtrain.train import configure_devices
 
     run_dir = Path(cfg.run_dir)
@@ -136,30 +131,27 @@ def train_model_garden(cfg: DictConfig, steps_per_loop: int) -> dict:
     strategy = tf.distribute.get_strategy()
     with strategy.scope():
         trainer = train_utils.create_trainer(params, task, train=True, evaluate=False)
-    timer = LoopTimer(trainer.global_step, skip_loops=2)
-    started = time.monotonic()
+    timer = LoopTimer(trainer.global_step)
     train_lib.run_experiment(distribution_strategy=strategy, task=task, mode="train", params=params,
                              model_dir=str(run_dir), trainer=trainer, train_actions=[timer],
                              controller_cls=single_step_loops_controller(first_loops=2))
-    first_loop = timer.marks[0][0] - started if timer.marks else None
-    return {"steps_per_second": timer.steps_per_second(), "steps": int(trainer.global_step.numpy()),
-            "timed_steps": timer.marks[-1][1] - timer.marks[1][1] if len(timer.marks) > 1 else 0,
-            "first_loop_seconds": first_loop, "loops": len(timer.marks)}
+    return {**window_rates(timer.marks, max(2, int(start_step))), "steps": int(trainer.global_step.numpy()),
+            "loop_ends": [mark[0] for mark in timer.marks]}
 
 
 # --------------------------------------------------------------------------------------------------
-# Monitor + guard overhead (the callback that switches them: tfodtrain.callbacks.overhead)
+# Monitor + guard overhead (the callback that switches them: tfodtrain.callbacks.timing)
 
 
-def overhead_summary(blocks: list[dict]) -> dict:
-    """Median per-step time with and without, their ratio, and the median of adjacent-pair ratios."""
-    with_times = [b["seconds_per_step"] for b in blocks if b["with"]]
-    without_times = [b["seconds_per_step"] for b in blocks if not b["with"]]
+def overhead_summary(blocks: list[dict], key: str = "seconds_per_step") -> dict:
+    """Median per-step time (`key`: wall `seconds_per_step` or `cpu_seconds_per_step`) with and without,
+    their ratio, and the median ratio of each "with" block to the "without" block right after it."""
+    with_times = [b[key] for b in blocks if b["with"]]
+    without_times = [b[key] for b in blocks if not b["with"]]
     by_index = {b["block"]: b for b in blocks}
-    pairs = [by_index[i]["seconds_per_step"] / by_index[i + 1]["seconds_per_step"]
-             for i in by_index if by_index[i]["with"] and i + 1 in by_index]
+    pairs = [by_index[i][key] / by_index[i + 1][key] for i in by_index if by_index[i]["with"] and i + 1 in by_index]
     with_median, without_median = statistics.median(with_times), statistics.median(without_times)
     return {"with_blocks": len(with_times), "without_blocks": len(without_times),
-            "median_step_s_with": with_median, "median_step_s_without": without_median,
+            "median_with": with_median, "median_without": without_median,
             "overhead_ratio": with_median / without_median,
             "paired_ratio_median": statistics.median(pairs) if pairs else None}
