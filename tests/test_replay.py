@@ -99,11 +99,12 @@ def test_trace_writer_appends_without_a_second_header(tmp_path):
     assert list(read_trace(path)) == [TraceRow(10, 12.35, 5 * 2**30, 80 * 2**30), TraceRow(20, 30.0, 6 * 2**30, 80 * 2**30)]
 
 
-def test_trace_writer_after_a_killed_run_starts_a_fresh_line(tmp_path):
+def test_trace_writer_after_a_killed_run_drops_the_torn_row(tmp_path):
     path = tmp_path / "memory_trace_host.csv"
     path.write_text(f"{HEADER_LINE}\n10,1.00,5,80\n20,2.0")  # killed mid-row
+    with pytest.raises(TraceFormatError, match="row 3"):
+        list(read_trace(path))  # as it is, the torn row is reported, naming file and row
     with TraceWriter(path) as writer:
         writer.append(30, 3.0, 7, 80)
-    assert path.read_text().splitlines()[-1] == "30,3.00,7,80"
-    with pytest.raises(TraceFormatError, match="row 3"):
-        list(read_trace(path))  # the torn row itself is reported, naming file and row
+    assert path.read_text().splitlines() == [HEADER_LINE, "10,1.00,5,80", "30,3.00,7,80"]
+    assert [row.step for row in read_trace(path)] == [10, 30]

@@ -45,8 +45,9 @@ class TraceRow:
 class TraceWriter:
     """Append readings to a trace CSV, writing the header only when the file is new or empty.
 
-    Opening an existing trace appends to it (a resumed run goes on in the same file). Every row is
-    flushed, so a run killed by the out-of-memory killer still leaves its history up to the end.
+    Opening an existing trace appends to it (a resumed run goes on in the same file); a row the
+    previous run left unfinished when it was killed is cut off first. Every row is flushed, so a
+    run killed by the out-of-memory killer still leaves its history up to the end.
 
     Example::
 
@@ -60,13 +61,12 @@ class TraceWriter:
         parent = os.path.dirname(self.path)
         if parent:
             os.makedirs(parent, exist_ok=True)
+        if os.path.exists(self.path):
+            _drop_torn_row(self.path)
         is_new = not os.path.exists(self.path) or os.path.getsize(self.path) == 0
-        needs_newline = not is_new and not _ends_with_newline(self.path)
         self._file = open(self.path, "a", encoding="utf-8", newline="")
         if is_new:
             self._file.write(HEADER_LINE + "\n")
-        elif needs_newline:  # the previous run died mid-line: start our rows on a fresh line
-            self._file.write("\n")
         self._file.flush()
 
     def append(self, step: int, time_s: float, used_bytes: int, limit_bytes: int) -> None:
@@ -87,10 +87,13 @@ class TraceWriter:
         self.close()
 
 
-def _ends_with_newline(path: str) -> bool:
-    with open(path, "rb") as f:
-        f.seek(-1, os.SEEK_END)
-        return f.read(1) == b"\n"
+def _drop_torn_row(path: str) -> None:
+    """A run killed in the middle of a row leaves it unfinished: cut it off, so the file stays
+    readable and the resumed run's rows start on a line of their own."""
+    with open(path, "rb+") as f:
+        data = f.read()
+        if data and not data.endswith(b"\n"):
+            f.truncate(data.rfind(b"\n") + 1)
 
 
 def read_trace(path: str | os.PathLike) -> Iterator[TraceRow]:
