@@ -20,7 +20,7 @@ Guard settings: the product defaults are made for hour-long runs (a 10-minute wa
 windows of 1, 4 and 16-minute chunks, abort 15 minutes before exhaustion), so in a 2-minute drill
 they would still be warming up when the card fills. The drill therefore stands for a longer leak
 (``--stands-for``, default 3600 s: a leak that fills the card in an hour) and divides every
-*duration* in the product defaults by ``stands_for / seconds`` (30 by default): warmup_s 600 -> 20,
+*duration* in the product defaults by ``stands_for / seconds`` (30 by default): warmup_s 1200 -> 40,
 chunk_seconds (60, 240, 960) -> (2, 8, 32), horizon_s 900 -> 30, warn_horizon_s 3600 -> 120,
 warn_every_s 600 -> 20. Counts and statistics (min_readings, window_chunks, confidence,
 sustain_ratio, mode) stay the product defaults. The drill prints the settings it uses;
@@ -187,7 +187,7 @@ class FakeCards:
 def drill_settings(time_scale: float):
     """Product default guard settings with every duration divided by ``time_scale``.
 
-    Example: ``drill_settings(30).warmup_s == 20.0`` (the product default is 600 s).
+    Example: ``drill_settings(30).warmup_s == 40.0`` (the product default is 1200 s).
     """
     from tfodtrain.memory.policy import GuardSettings
 
