@@ -1,15 +1,15 @@
 """Throughput: tfodtrain (monitor and guard on) against Model Garden's own trainer, same config and steps.
 
     python scripts/bench_throughput.py                              # ssd, 320x320, batch 8, shapes data
-    python scripts/bench_throughput.py --experiment smoke --steps 22 --pairs 1     # a quick check
-    python scripts/bench_throughput.py -- trainer.steps_per_execution=10           # overrides for both
+    python scripts/bench_throughput.py --experiment smoke --steps 42 --pairs 1     # a quick check
+    python scripts/bench_throughput.py -- trainer.steps_per_execution=1            # Hydra overrides for both
 
 Each pair trains the experiment once through each trainer, every run in a fresh process (neither warms
 the other; the order alternates between pairs):
 
 - tfodtrain: `python -m tfodtrain +experiment=E trainer.steps=N ...` with the default callbacks
   (checkpoint, memory monitor, leak guard, progress, ...) and a `StepClock` callback (last) that marks
-  every execution's end. The rate runs from the first mark at or past `--start-step` (default:
+  every execution's end (ssd runs 10 steps per execution, its config's trainer.steps_per_execution). The rate runs from the first mark at or past `--start-step` (default:
   memory.interval_steps, the first memory reading, whose one-time census of Python objects for the
   leak clues takes seconds; the first, tracing, execution is before it) to the last execution's end.
   Its metrics.json figure (ThroughputMeter: from the end of the first execution) is printed too.
