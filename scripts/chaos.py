@@ -182,11 +182,11 @@ def main(argv: list[str] | None = None) -> int:
         if killed:
             problems = check_checkpoints(ckpt_dir)
             failures.extend(f"after kill {len(kills) + 1}: {p}" for p in problems)
-            previous = {"kill": len(kills) + 1, "attempt": number, "mode": plan[0], "at_s": killed_at,
+            previous = {"kill": len(kills) + 1, "attempt": number, "planned": plan[0], "at_s": killed_at,
                         "last_step": attempt.last_step, "mid_save": mid_save,
                         "checkpoint_after": checkpoint_files.latest_step(ckpt_dir), "unrestorable": problems}
             kills.append(previous)
-            print(f"chaos: kill {len(kills)}/{args.kills} in attempt {number} ({plan[0]}, {previous['at_s']} s): "
+            print(f"chaos: kill {len(kills)}/{args.kills} in attempt {number} (planned in {plan[0]}, at {previous['at_s']} s): "
                   f"last logged step {attempt.last_step}, newest checkpoint {previous['checkpoint_after']}"
                   + (f", mid-save ({', '.join(mid_save)})" if mid_save else ""), flush=True)
             continue
@@ -208,9 +208,9 @@ def main(argv: list[str] | None = None) -> int:
     (logs / "chaos.json").write_text(json.dumps(result, indent=2) + "\n")
     for failure in failures:
         print(f"chaos: FAIL: {failure}", flush=True)
-    modes = [k["mode"] for k in kills]
-    print(f"chaos: {'PASS' if not failures else 'FAIL'}: {len(kills)} kills ({modes.count('startup')} in start-up, "
-          f"{modes.count('training')} in training, {sum(bool(k['mid_save']) for k in kills)} mid-save), "
+    in_startup = sum(k["last_step"] is None for k in kills)  # where the kill landed: before the attempt's first step
+    print(f"chaos: {'PASS' if not failures else 'FAIL'}: {len(kills)} kills ({in_startup} in start-up, "
+          f"{len(kills) - in_startup} in training, {sum(bool(k['mid_save']) for k in kills)} mid-save), "
           f"{number} starts, final step {final_step}/{steps}, {unrestorable} unrestorable checkpoints, "
           f"steps redone per kill: max {max(redone, default=0)}, mean {statistics.mean(redone) if redone else 0:.1f} "
           f"(limit: the checkpoint interval, {interval}), {result['seconds']:.0f} s; details in {logs / 'chaos.json'}",
