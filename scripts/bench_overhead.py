@@ -1,7 +1,7 @@
 """Overhead of the memory monitor and leak guard: one smoke-sized run, the two switched on and off in blocks.
 
-    python scripts/bench_overhead.py                        # 10 blocks with, 10 without, 20 steps each
-    python scripts/bench_overhead.py --pairs 5 --block-steps 10
+    python scripts/bench_overhead.py                        # 30 blocks with, 30 without, 10 steps each
+    python scripts/bench_overhead.py --pairs 5 --block-steps 20
     python scripts/bench_overhead.py -- memory.interval_steps=1      # Hydra overrides (worst case: every step)
 
 One process trains `+experiment=smoke` with the default intervals of a real run (memory.interval_steps,
@@ -9,13 +9,18 @@ trainer.log_every from configs/; smoke's own are for tests; the checkpoint only 
 seconds here, the same with or without, and would only add noise). The memory monitor and leak guard
 are wrapped in `tfodtrain.callbacks.timing.AlternatingBlocks`: after a warm-up (tracing, first readings),
 blocks of steps alternate with their batch hooks run ("with") and skipped ("without", the same as
-`~callbacks.memory_monitor ~callbacks.leak_guard` for those steps; their begin/end hooks run once).
-Every step is timed between consecutive `on_train_batch_end` calls, so process start and tracing are
-out of the measurement and both modes see the same load on a shared machine, interleaved in time.
+`~callbacks.memory_monitor ~callbacks.leak_guard` for those steps; their begin/end hooks run once),
+in pairs whose order swaps every other pair (with, without, without, with, ...). Every step is timed
+between consecutive `on_train_batch_end` calls, so process start and tracing are out of the
+measurement and both modes see the same load, interleaved every second or so. A block is as many
+steps as one memory reading's interval (the default 10 steps: one reading per "with" block).
 
-Steps are timed in wall-clock and in CPU seconds of the process (all threads): other jobs on a shared
-machine swing the wall-clock times, hardly the CPU times. Prints every block, `cpu_overhead_ratio=Y`
-and last `overhead_ratio=X`: the median wall-clock per-step time with over the median without.
+Per-step time is measured twice: in CPU seconds of the process (all its threads) and in wall-clock
+seconds. The monitor and guard cost host CPU work on the training thread, which the CPU time counts
+exactly; other people's jobs on this shared 2-core machine swing wall-clock step times by +-30% from
+one second to the next (hardly the CPU times), more than the 1% to be resolved. So the headline is
+the CPU time: prints every block, the medians, `wall_overhead_ratio=Y` (median wall-clock per-step
+time with over without) and last `overhead_ratio=X`: the median CPU time per step with over without.
 """
 
 from __future__ import annotations
@@ -64,8 +69,8 @@ def build_config(args, run_dir: Path):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--pairs", type=int, default=10, help="blocks with and blocks without (default: 10 each)")
-    parser.add_argument("--block-steps", type=int, default=20, help="steps per block (default: 20)")
+    parser.add_argument("--pairs", type=int, default=30, help="blocks with and blocks without (default: 30 each)")
+    parser.add_argument("--block-steps", type=int, default=10, help="steps per block (default: 10)")
     parser.add_argument("--warmup-steps", type=int, default=20, help="untimed steps first (default: 20)")
     parser.add_argument("--keep", action="store_true", help="keep the run dir (printed)")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides (after --)")
@@ -92,13 +97,13 @@ def main() -> None:
         summary = summaries[key]
         print(f"median {label}: with {1000 * summary['median_with']:.2f} ({summary['with_blocks']} blocks), "
               f"without {1000 * summary['median_without']:.2f} ({summary['without_blocks']} blocks): "
-              f"ratio {summary['overhead_ratio']:.4f}; median of adjacent-pair ratios {summary['paired_ratio_median']:.4f}")
+              f"ratio {summary['overhead_ratio']:.4f}; median ratio within pairs {summary['paired_ratio_median']:.4f}")
     if args.keep:
         print(f"run dir kept: {run_dir}")
     else:
         shutil.rmtree(run_dir, ignore_errors=True)
-    print(f"cpu_overhead_ratio={summaries['cpu_seconds_per_step']['overhead_ratio']:.4f}")
-    print(f"overhead_ratio={summaries['seconds_per_step']['overhead_ratio']:.4f}")
+    print(f"wall_overhead_ratio={summaries['seconds_per_step']['overhead_ratio']:.4f}")
+    print(f"overhead_ratio={summaries['cpu_seconds_per_step']['overhead_ratio']:.4f}")
 
 
 if __name__ == "__main__":

@@ -151,12 +151,13 @@ def test_alternating_blocks_attribute_each_step_to_its_mode(tmp_path):
         clock += 0.012 if ran else 0.010
     blocks.marks = timed
     blocks.on_train_end()
-    # warm-up steps 1-2 and "with" blocks (steps 3-5, 9-11) run the wrapped callback; 6-8 and 12-14 do not
-    assert counter.steps == [1, 2, 3, 4, 5, 9, 10, 11, 15]
+    # warm-up steps 1-2 and "with" blocks (steps 3-5, 12-14, 15-) run the wrapped callback; 6-11 do not
+    assert counter.steps == [1, 2, 3, 4, 5, 12, 13, 14, 15]
     saved = json.loads((tmp_path / "blocks.json").read_text())["blocks"]
-    assert [(b["block"], b["with"], b["steps"]) for b in saved] == [(0, True, 3), (1, False, 3), (2, True, 3),
-                                                                    (3, False, 3)]
+    assert [(b["block"], b["with"], b["steps"]) for b in saved] == [(0, True, 3), (1, False, 3), (2, False, 3),
+                                                                    (3, True, 3)]
     assert overhead_summary(saved)["overhead_ratio"] == pytest.approx(1.2)
+    assert overhead_summary(saved)["paired_ratio_median"] == pytest.approx(1.2)
     assert overhead_summary(saved, "cpu_seconds_per_step")["overhead_ratio"] == pytest.approx(1.2)
 
 

@@ -145,11 +145,16 @@ def train_model_garden(cfg: DictConfig, steps_per_loop: int, start_step: int = 2
 
 def overhead_summary(blocks: list[dict], key: str = "seconds_per_step") -> dict:
     """Median per-step time (`key`: wall `seconds_per_step` or `cpu_seconds_per_step`) with and without,
-    their ratio, and the median ratio of each "with" block to the "without" block right after it."""
+    their ratio, and the median with/without ratio within each pair of blocks (2i, 2i+1)."""
     with_times = [b[key] for b in blocks if b["with"]]
     without_times = [b[key] for b in blocks if not b["with"]]
     by_index = {b["block"]: b for b in blocks}
-    pairs = [by_index[i][key] / by_index[i + 1][key] for i in by_index if by_index[i]["with"] and i + 1 in by_index]
+    pairs = []
+    for first in range(0, max(by_index, default=0), 2):
+        pair = [by_index.get(first), by_index.get(first + 1)]
+        if None not in pair and pair[0]["with"] != pair[1]["with"]:
+            with_block, without_block = sorted(pair, key=lambda b: not b["with"])
+            pairs.append(with_block[key] / without_block[key])
     with_median, without_median = statistics.median(with_times), statistics.median(without_times)
     return {"with_blocks": len(with_times), "without_blocks": len(without_times),
             "median_with": with_median, "median_without": without_median,

@@ -55,8 +55,10 @@ def window_rates(marks: list[tuple[int, float, float]], start_step: int) -> dict
 class AlternatingBlocks(RunCallback):
     """Runs `callbacks` (the memory monitor and leak guard) only in every other block of steps; times steps.
 
-    After `warmup_steps` (tracing, first readings), blocks of `block_steps` steps alternate: "with"
-    (the wrapped callbacks' batch hooks run), then "without" (they are skipped), and so on. Their
+    After `warmup_steps` (tracing, first readings), blocks of `block_steps` steps come in pairs, "with"
+    (the wrapped callbacks' batch hooks run) and "without" (they are skipped), the order swapped every
+    other pair (with, without, without, with, ...) so a steady drift of the machine's load favours
+    neither. Their
     train begin/end hooks always run (files opened and closed once, as in a normal run). Every
     `on_train_batch_end` is timestamped (wall-clock and process CPU time): the time to the next one is
     the step's time, attributed to the mode the wrapped callbacks ran in at this one. On train end the
@@ -105,7 +107,7 @@ class AlternatingBlocks(RunCallback):
         now, cpu = time.monotonic(), time.process_time()
         step = self.run.step_of(batch)
         block = self.block_of(step)
-        with_callbacks = block is None or block % 2 == 0  # warm-up runs them (first readings, file headers)
+        with_callbacks = block is None or block % 4 in (0, 3)  # warm-up runs them (first readings, headers)
         self.marks.append((step, now, cpu, with_callbacks))
         if with_callbacks:
             for callback in self.wrapped:
