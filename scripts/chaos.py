@@ -1,14 +1,15 @@
 """Chaos test: a `smoke` training run SIGKILLed at N random moments, resumed after each kill.
 
 Each attempt is `python -m tfodtrain +experiment=smoke ... hydra.run.dir=RUN_DIR` (the same command, as
-a scheduler or the supervisor would rerun it). A quarter of the kills land at a random moment of the
-start-up (imports, model build, restore, tracing), the rest at a random moment of training: a random
-step of the next two checkpoint intervals, at a random moment within a step's time (steps, callbacks,
-checkpoint saves; `checkpoint_every` is small so saves are frequent). After every kill the
-script checks that each checkpoint the state file names is complete and readable (every tensor read
-back through TensorFlow), and the next attempt must resume from the newest one and redo at most one
-checkpoint interval (the last step the killed attempt logged minus the step the next one resumed
-from). The run must finally end at its last step. Last line: a summary, PASS or FAIL.
+a scheduler or the supervisor would rerun it). A fifth of the kills aim at a random moment of the
+start-up (imports, model build, restore, tracing), 30% at a checkpoint save under way (0-30 ms after its
+`ckpt-N_temp/` folder appears), the rest at a random moment of training: a random step of the next two
+checkpoint intervals, at a random moment within a step's time (`checkpoint_every` is small, so saves
+are frequent). After every kill the script checks that each checkpoint the state file names is
+complete and readable (every tensor read back through TensorFlow), and the next attempt must resume
+from the newest one and redo at most one checkpoint interval (the last step the killed attempt logged
+minus the step the next one resumed from). The run must finally end at its last step. Last line: a
+summary, PASS or FAIL.
 
 Example:
     python scripts/chaos.py --kills 20                 # ~30-60 min on 2 CPU cores
@@ -105,7 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--checkpoint-every", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--run-dir", type=Path, default=Path("outputs/chaos") / time.strftime("%Y-%m-%d_%H-%M-%S"))
-    parser.add_argument("--startup-share", type=float, default=0.25, help="share of kills during start-up")
+    parser.add_argument("--startup-share", type=float, default=0.2, help="share of kills aimed at start-up")
+    parser.add_argument("--save-share", type=float, default=0.3, help="share of kills aimed at a checkpoint save")
     parser.add_argument("--attempt-timeout-s", type=float, default=1800)
     parser.add_argument("overrides", nargs="*", help="more Hydra overrides for the smoke run")
     args = parser.parse_args(argv)
@@ -135,13 +137,17 @@ def main(argv: list[str] | None = None) -> int:
         attempt = Attempt(number, command, logs / f"attempt-{number:02d}.log", env)
         plan = None
         if len(kills) < args.kills:
-            at_startup = rng.random() < args.startup_share
-            # Start-up: a random moment before the first step ends. Training: once a random one of the next
-            # 2 checkpoint intervals' steps is logged, a random moment within the longest step seen (which
-            # includes a save): kills fall on steps, callbacks and saves alike, and the run moves on.
-            plan = ("startup", rng.uniform(0.5, statistics.median(startup_s) if startup_s else 60.0)) if at_startup \
-                else ("training", rng.randrange(2 * interval), rng.uniform(0.0, min(max(gaps_s), 10.0)))
-        killed, killed_at = False, None
+            # Start-up: a random moment before the first step ends. Save: 0-30 ms after a save is seen
+            # under way (its `ckpt-N_temp/` appeared). Training: once a random one of the next 2 checkpoint
+            # intervals' steps is logged, a random moment within the longest step seen (saves included).
+            draw = rng.random()
+            if draw < args.startup_share:
+                plan = ("startup", rng.uniform(0.5, statistics.median(startup_s) if startup_s else 60.0))
+            elif draw < args.startup_share + args.save_share:
+                plan = ("save", rng.uniform(0.0, 0.03))
+            else:
+                plan = ("training", rng.randrange(2 * interval), rng.uniform(0.0, min(max(gaps_s), 10.0)))
+        killed, killed_at, save_seen = False, None, None
         while attempt.running():
             now = time.monotonic() - attempt.started
             if now > args.attempt_timeout_s:
@@ -151,6 +157,11 @@ def main(argv: list[str] | None = None) -> int:
             if plan is not None:
                 if plan[0] == "startup":
                     origin, delay = 0.0, plan[1]
+                elif plan[0] == "save":  # leftovers of earlier kills are gone once training runs
+                    saving = attempt.steps and any(ckpt_dir.glob("ckpt-*_temp"))
+                    if saving and save_seen is None:
+                        save_seen = now
+                    origin, delay = save_seen, plan[1]
                 else:
                     target = attempt.steps[0][1] + plan[1] if attempt.steps else None
                     origin = next((t for t, step in attempt.steps if step >= target), None) if target else None
@@ -159,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
                     os.killpg(attempt.proc.pid, signal.SIGKILL)
                     killed, killed_at = True, round(now, 2)
                     break
-            time.sleep(0.01)
+            time.sleep(0.002 if plan and plan[0] == "save" else 0.01)
         code = attempt.proc.wait()
         attempt.poll_log()
         mid_save = sorted(p.name for p in ckpt_dir.glob("ckpt-*_temp")) if ckpt_dir.is_dir() else []
