@@ -144,8 +144,9 @@ def test_segfault_traceback_is_kept_in_the_run_dir(tmp_path):
     assert records(supervisor.run_dir)[0]["fault_log"] == str(supervisor.run_dir / FAULT_LOG)
 
 
-def test_sigterm_to_the_supervisor_is_forwarded_and_nothing_restarts(tmp_path):
-    """The supervisor runs in its own process here, so the test can signal it like a scheduler would."""
+def supervisor_process(tmp_path: Path) -> tuple[subprocess.Popen, Path]:
+    """A Supervisor in its own process (so the test can signal it like a scheduler would), its fake
+    trainer started and waiting for SIGTERM."""
     script = tmp_path / "fake_trainer.py"
     script.write_text(FAKE_TRAINER)
     run_dir = tmp_path / "run"
@@ -159,12 +160,29 @@ def test_sigterm_to_the_supervisor_is_forwarded_and_nothing_restarts(tmp_path):
     while not (run_dir / "ready").exists():
         assert time.monotonic() < deadline and proc.poll() is None, "the fake trainer never started"
         time.sleep(0.05)
+    return proc, run_dir
+
+
+def test_sigterm_to_the_supervisor_is_forwarded_and_nothing_restarts(tmp_path):
+    proc, run_dir = supervisor_process(tmp_path)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=60) == 143
     assert (run_dir / "got_signal").read_text() == "SIGTERM"
     rows = records(run_dir)
     assert len(rows) == 1 and rows[0]["restart"] is False and "SIGTERM" in rows[0]["note"]
     assert latest_step(run_dir / "checkpoints") == 15  # the child checkpointed on the forwarded signal
+
+
+def test_a_killed_supervisor_leaves_no_orphan_trainer(tmp_path):
+    """SIGKILL cannot be forwarded: the trainer gets SIGTERM from the kernel (PR_SET_PDEATHSIG) and checkpoints."""
+    proc, run_dir = supervisor_process(tmp_path)
+    proc.kill()
+    proc.wait(timeout=60)
+    deadline = time.monotonic() + 60
+    while not (run_dir / "got_signal").exists():
+        assert time.monotonic() < deadline, "the trainer did not get a signal when its supervisor died"
+        time.sleep(0.05)
+    assert (run_dir / "got_signal").read_text() == "SIGTERM"
 
 
 def test_child_command_repeats_the_overrides_pinned_to_the_run_dir(tmp_path):
