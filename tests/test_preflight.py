@@ -170,8 +170,9 @@ def test_tiny_budget_stops_before_training_then_the_named_batch_size_runs(smoke_
     report = json.loads((run_dir / "preflight.json").read_text())
     assert report["memory"]["fits"] and report["memory"]["batch_size"] == found
     # the float64 demonstration: the images are named, with the bytes the cast saves
-    assert f"float64 check: train dataset images float64[{found}, 128, 128, 3]" in ran.stderr
+    output = ran.stdout + ran.stderr  # Hydra's job log goes to stdout
+    assert f"float64 check: train dataset images float64[{found}, 128, 128, 3]" in output
     saved = found * 128 * 128 * 3 * 4
     assert report["float64"]["bytes_saved_by_cast"] == saved
-    assert f"saving {saved / 1024:.1f} KiB per batch" in ran.stderr or f"saving {saved / MIB:.1f} MiB per batch" in ran.stderr
+    assert f"saving {saved / 1024:.1f} KiB per batch" in output or f"saving {saved / MIB:.1f} MiB per batch" in output
     assert json.loads((run_dir / "metrics.json").read_text())["steps"] == 2

@@ -353,7 +353,6 @@ def train(cfg: DictConfig) -> dict:
     val_ds = task.build_inputs(params.task.validation_data)
     # float64 check, then one real step (undone) whose peak memory must fit each pool's limit (exit 2 if not)
     train_ds, val_ds = before_fit(cfg, params, trainer_model, train_ds, val_ds, gpus, auto_batch, data)
-    evaluator = CocoEvaluator(task, detector, val_ds, max_batches=cfg.trainer.eval_steps)
 
     # Written once the checkpoint is known to fit: a mismatched config leaves the run dir as it was.
     OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
@@ -363,6 +362,7 @@ def train(cfg: DictConfig) -> dict:
                 "distribution": distribute.describe(strategy)}
     write_json(run_dir / "run_info.json", run_info)
 
+    evaluator = CocoEvaluator(task, detector, val_ds, max_batches=cfg.trainer.eval_steps)
     writer = tf.summary.create_file_writer(str(run_dir / "tensorboard"))
     run = RunContext(run_dir=run_dir, config=OmegaConf.to_container(cfg, resolve=True), checkpointer=checkpointer,
                      summary_writer=writer, initial_step=initial_step, total_steps=total_steps,
