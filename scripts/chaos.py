@@ -46,6 +46,7 @@ class Attempt:
         self.number = number
         self.log_path = log_path
         self.started = time.monotonic()
+        self.started_wall = time.time()
         self.proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=log_path.open("w"), stderr=subprocess.STDOUT,
                                      start_new_session=True)
         self.steps: list[tuple[float, int]] = []  # (seconds since start, step) of each progress line
@@ -173,7 +174,8 @@ def main(argv: list[str] | None = None) -> int:
             time.sleep(0.002 if plan and plan[0] == "save" else 0.01)
         code = attempt.proc.wait()
         attempt.poll_log()
-        mid_save = sorted(p.name for p in ckpt_dir.glob("ckpt-*_temp")) if ckpt_dir.is_dir() else []
+        # A save this attempt began and did not finish (an earlier attempt's leftovers are older).
+        mid_save = sorted(p.name for p in ckpt_dir.glob("ckpt-*_temp") if p.stat().st_mtime >= attempt.started_wall)
         if attempt.steps:
             startup_s.append(attempt.steps[0][0])
             gaps_s.extend(b[0] - a[0] for a, b in zip(attempt.steps, attempt.steps[1:]) if b[1] == a[1] + 1)
