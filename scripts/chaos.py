@@ -88,16 +88,22 @@ def readable(prefix: Path) -> str | None:
     return None
 
 
-def check_checkpoints(directory: Path) -> list[str]:
-    """Problems of the checkpoints the state file names (each must be complete and readable)."""
-    problems = []
-    for name in checkpoint_files.state_names(directory):
+def check_checkpoints(directory: Path) -> tuple[list[str], list[str]]:
+    """(problems, stale names) of the checkpoints the state file names.
+
+    Problems: the newest named checkpoint is incomplete, or a complete one does not read back. Stale:
+    an older name whose files are gone. CheckpointManager names the new checkpoint, deletes the oldest,
+    then rewrites the state file without it; a kill between the last two leaves that name behind.
+    A restore skips it (it takes the newest complete checkpoint); the next save drops it.
+    """
+    problems, stale = [], []
+    for position, name in enumerate(checkpoint_files.state_names(directory)):
         files = checkpoint_files.CheckpointFiles(directory / name, checkpoint_files.step_of(name) or -1)
         if not files.complete:
-            problems.append(f"{name}: named by the state file but incomplete")
+            (stale if position else problems).append(f"{name}: named by the state file but incomplete")
         elif (why := readable(files.prefix)) is not None:
             problems.append(f"{name}: unreadable ({why})")
-    return problems
+    return problems, stale
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -131,10 +137,11 @@ def main(argv: list[str] | None = None) -> int:
     gaps_s: list[float] = [2.0]  # seconds between two progress lines (a step, with its save if any)
     kills: list[dict] = []
     failures: list[str] = []
-    previous: dict | None = None  # the last kill, checked against the next attempt's resume
+    pending: list[dict] = []  # kills not yet checked against a resume (an attempt killed before it restores)
     number, final_code = 0, None
     while True:
         number += 1
+        expected_resume = checkpoint_files.latest_step(ckpt_dir)
         attempt = Attempt(number, command, logs / f"attempt-{number:02d}.log", env)
         plan = None
         if len(kills) < args.kills:
@@ -180,30 +187,35 @@ def main(argv: list[str] | None = None) -> int:
             startup_s.append(attempt.steps[0][0])
             gaps_s.extend(b[0] - a[0] for a, b in zip(attempt.steps, attempt.steps[1:]) if b[1] == a[1] + 1)
 
-        if previous is not None:  # the attempt after a kill: did it resume where it should?
-            if attempt.resumed_from != previous["checkpoint_after"]:
+        restored = attempt.resumed_from is not None or bool(attempt.steps)  # got past the restore
+        if restored:  # did it resume from the newest checkpoint, and how much did each kill since cost?
+            if attempt.resumed_from != expected_resume:
                 failures.append(f"attempt {number} resumed from step {attempt.resumed_from}, "
-                                f"expected the newest checkpoint {previous['checkpoint_after']}")
+                                f"expected the newest checkpoint {expected_resume}")
             if "damaged" in attempt.log_path.read_text(errors="replace"):
                 failures.append(f"attempt {number} found a damaged checkpoint")
-            previous["resumed_from"] = attempt.resumed_from
-            previous["redone_steps"] = max(0, (previous["last_step"] or 0) - (attempt.resumed_from or 0)) \
-                if previous["last_step"] is not None else 0
-            if previous["redone_steps"] > interval:
-                failures.append(f"kill {previous['kill']} redid {previous['redone_steps']} steps (> {interval})")
+            for kill in pending:
+                kill["resumed_from"] = attempt.resumed_from
+                kill["redone_steps"] = max(0, kill["last_step"] - (attempt.resumed_from or 0)) \
+                    if kill["last_step"] is not None else 0
+                if kill["redone_steps"] > interval:
+                    failures.append(f"kill {kill['kill']} redid {kill['redone_steps']} steps (> {interval})")
+            pending = []
 
         if killed:
-            problems = check_checkpoints(ckpt_dir)
+            problems, stale = check_checkpoints(ckpt_dir)
             failures.extend(f"after kill {len(kills) + 1}: {p}" for p in problems)
-            previous = {"kill": len(kills) + 1, "attempt": number, "planned": plan[0], "at_s": killed_at,
-                        "last_step": attempt.last_step, "mid_save": mid_save,
-                        "checkpoint_after": checkpoint_files.latest_step(ckpt_dir), "unrestorable": problems}
-            kills.append(previous)
-            print(f"chaos: kill {len(kills)}/{args.kills} in attempt {number} (planned in {plan[0]}, at {previous['at_s']} s): "
-                  f"last logged step {attempt.last_step}, newest checkpoint {previous['checkpoint_after']}"
-                  + (f", mid-save ({', '.join(mid_save)})" if mid_save else ""), flush=True)
+            kill = {"kill": len(kills) + 1, "attempt": number, "planned": plan[0], "at_s": killed_at,
+                    "last_step": attempt.last_step, "mid_save": mid_save,
+                    "checkpoint_after": checkpoint_files.latest_step(ckpt_dir), "unrestorable": problems,
+                    "stale_names": stale}
+            kills.append(kill)
+            pending.append(kill)
+            print(f"chaos: kill {len(kills)}/{args.kills} in attempt {number} (planned in {plan[0]}, at {kill['at_s']} s): "
+                  f"last logged step {attempt.last_step}, newest checkpoint {kill['checkpoint_after']}"
+                  + (f", mid-save ({', '.join(mid_save)})" if mid_save else "")
+                  + (f", stale state-file names: {len(stale)}" if stale else ""), flush=True)
             continue
-        previous = None
         final_code = code
         if code != 0 or len(kills) < args.kills:
             failures.append(f"attempt {number} exited {code} before the kills were done ({len(kills)} of {args.kills})"
@@ -215,6 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     if final_step != steps:
         failures.append(f"final step {final_step}, expected {steps}")
     unrestorable = sum(len(k["unrestorable"]) for k in kills)
+    stale = sum(bool(k["stale_names"]) for k in kills)
     redone = [k.get("redone_steps", 0) for k in kills]
     result = {"kills": kills, "attempts": number, "final_step": final_step, "steps": steps, "interval": interval,
               "final_exit_code": final_code, "failures": failures, "seconds": round(time.monotonic() - started, 1)}
@@ -224,7 +237,8 @@ def main(argv: list[str] | None = None) -> int:
     in_startup = sum(k["last_step"] is None for k in kills)  # where the kill landed: before the attempt's first step
     print(f"chaos: {'PASS' if not failures else 'FAIL'}: {len(kills)} kills ({in_startup} in start-up, "
           f"{len(kills) - in_startup} in training, {sum(bool(k['mid_save']) for k in kills)} mid-save), "
-          f"{number} starts, final step {final_step}/{steps}, {unrestorable} unrestorable checkpoints, "
+          f"{number} starts, final step {final_step}/{steps}, {unrestorable} unrestorable checkpoints "
+          f"({stale} kills left a stale name of a deleted old checkpoint, skipped by restores), "
           f"steps redone per kill: max {max(redone, default=0)}, mean {statistics.mean(redone) if redone else 0:.1f} "
           f"(limit: the checkpoint interval, {interval}), {result['seconds']:.0f} s; details in {logs / 'chaos.json'}",
           flush=True)
