@@ -30,8 +30,8 @@ def test_guard_aborts_with_a_report_and_a_checkpoint(aborted_run):
     assert result.returncode == exit_codes.GUARD_ABORT, result.stderr[-3000:]
     report = json.loads((run_dir / "abort_report.json").read_text())
     assert report["pool"] == "host" and report["reason"].startswith("host:")
-    assert report["slope_bytes_per_step"] > 4 << 20  # the callback keeps ~16 MiB of detections a step
-    assert report["step"] < report["projected_exhaustion_step"] <= 300
+    assert report["slope_bytes_per_step"] > 4 << 20  # the callback keeps ~8 MiB of detections a step
+    assert report["step"] < report["projected_exhaustion_step"] <= 600
     assert report["used_bytes"] < report["limit_bytes"] == 3072 << 20
     assert report["checkpoint"].endswith(f"ckpt-{report['step']}")
     assert (run_dir / f"checkpoints/ckpt-{report['step']}.index").exists()
@@ -44,8 +44,8 @@ def test_resume_with_the_leak_off_finishes(aborted_run, tmp_path):
     step = json.loads((run_dir / "abort_report.json").read_text())["step"]
     result = run_cli(["+experiment=leak_demo", "leak_demo.leak=false"], run_dir=run_dir)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert f"at step {step} of 300" in result.stdout + result.stderr  # restored the abort checkpoint
-    assert json.loads((run_dir / "metrics.json").read_text())["steps"] == 300
+    assert f"at step {step} of 600" in result.stdout + result.stderr  # restored the abort checkpoint
+    assert json.loads((run_dir / "metrics.json").read_text())["steps"] == 600
 
 
 def test_without_the_guard_the_oom_killer_ends_it(tmp_path, data_cache):
@@ -53,3 +53,21 @@ def test_without_the_guard_the_oom_killer_ends_it(tmp_path, data_cache):
     assert result.returncode == -signal.SIGKILL, (result.returncode, result.stderr[-2000:])
     assert "memory budget exceeded" in result.stderr
     assert not (tmp_path / "run" / "abort_report.json").exists()
+
+
+def test_the_leaking_run_is_paced_so_the_leak_rate_is_the_same_on_any_machine():
+    """Batches that end at once are spread to max_steps_per_s (real sleeps, nothing mocked)."""
+    import time
+
+    from tfodtrain.callbacks.leak_demo import KeepDetections
+
+    keep = KeepDetections(max_steps_per_s=20)
+    started = time.monotonic()
+    for _ in range(5):
+        keep._pace()
+    assert time.monotonic() - started >= 4 / 20 * 0.95  # 4 intervals between 5 batch ends
+    unpaced = KeepDetections(max_steps_per_s=None)
+    started = time.monotonic()
+    for _ in range(5):
+        unpaced._pace()
+    assert time.monotonic() - started < 0.05

@@ -6,6 +6,7 @@ Used by `+experiment=leak_demo` to show the guard catching a real leak in a real
 from __future__ import annotations
 
 import math
+import time
 
 import numpy as np
 
@@ -20,14 +21,22 @@ class KeepDetections(RunCallback):
     (separate arrays, as a list of per-image results would be) to reach about `mib_per_step` MiB
     per step: fast enough that a short demo reaches its memory budget.
 
+    With the leak on, training is paced to at most `max_steps_per_s` steps a second, so the leak
+    grows at most `mib_per_step * max_steps_per_s` MiB/s on any machine: a fast machine would
+    otherwise fill the budget within seconds of the start, before any detector (or person) could
+    have seen a trend. A slower machine leaks more slowly and the guard has more time.
+
     Example:
         python -m tfodtrain +experiment=leak_demo leak_demo.leak=false   # the same run, leak off
     """
 
-    def __init__(self, enabled: bool = True, mib_per_step: float = 8.0, images: int = 2, image_size: int = 128):
+    def __init__(self, enabled: bool = True, mib_per_step: float = 8.0, max_steps_per_s: float | None = 5.0,
+                 images: int = 2, image_size: int = 128):
         super().__init__()
         self.enabled = bool(enabled)
         self.mib_per_step = float(mib_per_step)
+        self.max_steps_per_s = float(max_steps_per_s) if max_steps_per_s else None
+        self._last_end: float | None = None
         self.images = int(images)
         self.image_size = int(image_size)
         self.kept: list = []
@@ -58,3 +67,16 @@ class KeepDetections(RunCallback):
         arrays = [t.numpy() for t in tf.nest.flatten(self._raw_outputs())]
         for _ in range(self._copies):
             self.kept.append([np.array(a, copy=True) for a in arrays])
+        self._pace()
+
+    def _pace(self) -> None:
+        """Sleep what is left of this step's share of a second at `max_steps_per_s`."""
+        if self.max_steps_per_s is None:
+            return
+        now = time.monotonic()
+        if self._last_end is not None:
+            wait = 1.0 / self.max_steps_per_s - (now - self._last_end)
+            if wait > 0:
+                time.sleep(wait)
+                now += wait
+        self._last_end = now
