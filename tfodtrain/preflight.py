@@ -25,11 +25,11 @@ The search for the batch size that fits takes at most `MAX_SEARCH_STEPS` more st
 the measured peaks (peak = fixed + per-example x batch size) proposes a batch size, a step checks it,
 and the answer is the largest batch size a step was measured to fit (2% below the target, for noise).
 On a GPU the steps run in this process (the allocator's peak is reset before each). Host RSS does not
-shrink after a step (freed memory stays with the process), so on the CPU the search runs in a fresh
-process (`python -m tfodtrain.preflight`, while this one waits, so the host briefly holds both): the
-same model, steps from batch size 1 upwards, each peak read after the smaller ones, its RSS moved by
-the difference of the two processes' RSS before their first step. `batch_size=auto` searches upwards
-from batch size 2 in this process.
+shrink after a step (freed memory, a retraced function for the new batch shape stay with the process),
+so on the CPU each search step runs in a fresh process (`python -m tfodtrain.preflight`, while this one
+waits, so the host briefly holds both) that builds the same model and runs its first step, exactly as
+this process measured its own: its RSS growth during the step, added to this process's RSS before its
+step, is the trial's peak.
 
 Inputs: `check_inputs(cfg)` is what the CLI runs before Hydra starts the job (nothing written yet):
 the config checks and, for `data=tfrecord`, the record scan (`tfodtrain.data.validate`).
@@ -62,7 +62,10 @@ MIB = 1 << 20
 MAX_SEARCH_STEPS = 3  # steps after the first one, at most, to find the largest batch size that fits
 NOISE_MARGIN = 0.02  # share of a limit a found batch size stays below, for run-to-run noise
 PROVISIONAL_AUTO_BATCH = 2  # trainer.batch_size=auto: the first step's batch size
-SEARCH_FAILED = -1  # what search_in_fresh_process returns when its process failed
+
+
+class SearchFailed(Exception):
+    """A search step's fresh process failed; the message says how."""
 
 
 def _gib(n: float) -> str:
@@ -329,17 +332,14 @@ def _line(trials: list[Trial], pool: str):
 
 
 def largest_fitting(trials: list[Trial], run_step, targets: dict[str, int], upper: int,
-                    max_steps: int = MAX_SEARCH_STEPS, ascending_after: int | None = None) -> int | None:
+                    max_steps: int = MAX_SEARCH_STEPS) -> int | None:
     """The largest batch size in 1..upper whose measured step fits all `targets`, after at most
     `max_steps` more steps (`run_step(batch_size) -> Trial`); None when even batch size 1 does not fit.
 
     Each proposal is the batch size where the line through the peaks reaches the binding pool's target
     (halving, as Hugging Face's auto batch size does, or growing 4x, while there is no line yet).
-    `ascending_after`: host RSS in one process only measures steps bigger than the ones before it, so
-    each step run here must be bigger than this batch size and the steps before it (0: start at 1).
     """
     trials = list(trials)
-    largest_run = ascending_after
     for _ in range(max_steps):
         fitting = [t.batch_size for t in trials if _fits(t, targets)]
         failing = [t.batch_size for t in trials if not _fits(t, targets)]
@@ -358,12 +358,6 @@ def largest_fitting(trials: list[Trial], run_step, targets: dict[str, int], uppe
         if proposal is None:
             proposal = min(lo * 4, upper) if lo else max(1, hi // 2)
         proposal = max(lo + 1, min(hi - 1, proposal))
-        if largest_run is not None:
-            if largest_run == 0:
-                proposal = 1
-            elif proposal <= largest_run:
-                break
-            largest_run = proposal
         trials.append(run_step(proposal))
     best = max((t.batch_size for t in trials if _fits(t, targets)), default=None)
     return best
@@ -472,19 +466,20 @@ def check_memory(cfg, trials: StepTrials, gpu_count: int, auto_batch: bool, data
     create_optimizer_variables(trials.model)
     state = TrainingState(trials.model, trials.model.optimizer)
     started = time.monotonic()
+    found, search_failed = None, False
     try:
         first = trials.run(batch_size)
-        found, search_failed = None, False
+        # GPU allocator peaks are exact in this process; host RSS needs a fresh process per step
+        run_step = trials.run if gpu_count else FreshProcessStep(cfg, data, trials.probe.before.get("host", 0))
         if auto_batch:
-            upper = int(cfg.trainer.get("auto_batch_max", 64))
-            found = largest_fitting([first], trials.run, search_targets, upper,
-                                    ascending_after=None if gpu_count else batch_size)
-        elif not _fits(first, targets) and gpu_count:  # allocator peaks: exact in this process
-            found = largest_fitting([first], trials.run, search_targets, batch_size - 1)
-        elif not _fits(first, targets):  # host RSS: the smaller steps run in a fresh process
-            found = search_in_fresh_process(cfg, data, first, trials.probe.before.get("host", 0), search_targets)
-            search_failed = found == SEARCH_FAILED
-            found = None if search_failed else found
+            found = largest_fitting([first], run_step, search_targets, int(cfg.trainer.get("auto_batch_max", 64)))
+        elif not _fits(first, targets):
+            log.warning("Pre-flight: one step at batch size %d does not fit; searching the largest that does",
+                        batch_size)
+            found = largest_fitting([first], run_step, search_targets, batch_size - 1)
+    except SearchFailed as error:
+        log.warning("Pre-flight: the batch size search failed: %s", error)
+        found, search_failed = None, True
     finally:
         state.restore()
     seconds = round(time.monotonic() - started, 2)
@@ -493,7 +488,8 @@ def check_memory(cfg, trials: StepTrials, gpu_count: int, auto_batch: bool, data
               "fits": _fits(first, targets), "auto": auto_batch, "largest_fitting_batch_size": found}
     if auto_batch:
         if found is None:
-            raise UserError(_does_not_fit(first, limits, targets, None) + "; trainer.batch_size=auto found no size that fits")
+            raise UserError(_does_not_fit(first, limits, targets, None, search_failed)
+                            + "; trainer.batch_size=auto found no size that fits")
         log.info("Pre-flight: trainer.batch_size=auto chose %d (the largest that fits; %s)", found,
                  _describe(first, limits))
         return report, found
@@ -503,42 +499,47 @@ def check_memory(cfg, trials: StepTrials, gpu_count: int, auto_batch: bool, data
     return report, None
 
 
-def search_in_fresh_process(cfg, data: dict | None, first: Trial, parent_before: int, targets: dict[str, int],
-                            timeout_s: float = 1800) -> int | None:
-    """Search the largest batch size below `first.batch_size` in a fresh process (`python -m tfodtrain.preflight`):
-    it builds the same model and runs ascending steps from batch size 1; its peaks are moved by the
-    difference of the two processes' RSS before their first step. None when nothing fits, SEARCH_FAILED
-    when the process failed."""
-    import subprocess
-    import sys
-    import tempfile
+class FreshProcessStep:
+    """`run_step` of the CPU search: one training step at a batch size in a fresh process
+    (`python -m tfodtrain.preflight REQUEST`) that builds the run's model and measures its first step as
+    this process measured its own. The trial's host peak is `parent_before` (this process's RSS before its
+    step) plus the fresh process's RSS growth during its step. Raises `SearchFailed` when the process fails."""
 
-    request = {"config": OmegaConf.to_container(cfg, resolve=True), "data": data, "targets": targets,
-               "parent": {"batch_size": first.batch_size, "peaks": first.peaks, "before": parent_before}}
-    log.warning("Pre-flight: one step at batch size %d does not fit; searching the largest that does in a fresh "
-                "process (host RSS does not shrink here)", first.batch_size)
-    with tempfile.TemporaryDirectory(prefix="tfodtrain-preflight-") as tmp:
-        path = Path(tmp) / "request.json"
-        path.write_text(json.dumps(request, default=str))
-        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL=os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"))
-        try:
-            done = subprocess.run([sys.executable, "-m", "tfodtrain.preflight", str(path)], capture_output=True,
-                                  text=True, timeout=timeout_s, env=env)
-        except subprocess.TimeoutExpired:
-            log.warning("Pre-flight: the batch size search timed out after %.0f s", timeout_s)
-            return SEARCH_FAILED
-    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
-    if done.returncode != 0 or not lines:
-        log.warning("Pre-flight: the batch size search failed (exit %d): %s", done.returncode,
-                    done.stderr.strip().splitlines()[-1:] or "")
-        return SEARCH_FAILED
-    result = json.loads(lines[-1])
-    log.info("Pre-flight search: %s", result)
-    return result["found"]
+    def __init__(self, cfg, data: dict | None, parent_before: int, timeout_s: float = 1800):
+        self.config = OmegaConf.to_container(cfg, resolve=True)
+        self.data = data
+        self.parent_before = int(parent_before)
+        self.timeout_s = timeout_s
+
+    def __call__(self, batch_size: int) -> Trial:
+        import subprocess
+        import sys
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="tfodtrain-preflight-") as tmp:
+            path = Path(tmp) / "request.json"
+            path.write_text(json.dumps({"config": self.config, "data": self.data, "batch_size": int(batch_size)},
+                                       default=str))
+            env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL=os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"))
+            try:
+                done = subprocess.run([sys.executable, "-m", "tfodtrain.preflight", str(path)], capture_output=True,
+                                      text=True, timeout=self.timeout_s, env=env)
+            except subprocess.TimeoutExpired:
+                raise SearchFailed(f"a step at batch size {batch_size} took over {self.timeout_s:.0f} s") from None
+        lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+        if done.returncode != 0 or not lines:
+            last = (done.stderr.strip().splitlines() or [""])[-1]
+            raise SearchFailed(f"the step at batch size {batch_size} exited {done.returncode}: {last}")
+        result = json.loads(lines[-1])
+        peaks = None if result["growth"] is None else {"host": self.parent_before + result["growth"]}
+        trial = Trial(int(batch_size), peaks, result["seconds"])
+        log.info("Pre-flight search: batch size %d %s", batch_size,
+                 "ran out of memory" if peaks is None else f"peaks at {_gib(peaks['host'])} (host)")
+        return trial
 
 
-def _search_main(request_path: str) -> None:
-    """The fresh process of `search_in_fresh_process`: the run's model, ascending steps, one JSON line out."""
+def _search_step_main(request_path: str) -> None:
+    """The fresh process of `FreshProcessStep`: the run's model, one step, one JSON line out."""
     import tf_keras
     from official.core import task_factory
 
@@ -556,21 +557,11 @@ def _search_main(request_path: str) -> None:
     optimizer = task.create_optimizer(params.trainer.optimizer_config, params.runtime)
     model = make_trainer_model(task, detector)
     model.compile(optimizer=optimizer, jit_compile=bool(cfg.trainer.jit_compile))
+    create_optimizer_variables(model)
     trials = StepTrials(model, task, params.task.train_data, dataset_preparer(cfg), [])
-    _release_free_host_memory()
-    offset = request["parent"]["before"] - (_status_bytes("VmRSS") or 0)  # parent RSS minus ours, before a step
-    targets = {"host": request["targets"]["host"] - offset}
-    parent = request["parent"]
-    shifted = Trial(parent["batch_size"], {"host": parent["peaks"]["host"] - offset}, 0.0)
-    measured = []
-
-    def run_step(batch_size):
-        trial = trials.run(batch_size)
-        measured.append(trial.to_dict())
-        return trial
-
-    found = largest_fitting([shifted], run_step, targets, parent["batch_size"] - 1, ascending_after=0)
-    print(json.dumps({"found": found, "offset_bytes": offset, "trials": measured}), flush=True)
+    trial = trials.run(int(request["batch_size"]))
+    growth = None if trial.peaks is None else trial.peaks["host"] - trials.probe.before["host"]
+    print(json.dumps({"batch_size": trial.batch_size, "growth": growth, "seconds": trial.seconds}), flush=True)
 
 
 def _describe(trial: Trial, limits: dict[str, PoolLimit]) -> str:
@@ -612,4 +603,4 @@ def input_error(composed_cfg) -> str | None:
 if __name__ == "__main__":
     import sys
 
-    _search_main(sys.argv[1])
+    _search_step_main(sys.argv[1])
