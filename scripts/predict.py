@@ -30,7 +30,7 @@ if str(REPO) not in sys.path:  # run from a checkout without installing the pack
     sys.path.insert(0, str(REPO))
 
 from tfodtrain import exit_codes  # noqa: E402
-from tfodtrain.exit_codes import UserError  # noqa: E402
+from tfodtrain.exit_codes import UserError, first_line  # noqa: E402
 
 COLOURS = ((230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180), (70, 240, 240))
 MIN_DRAWN_SIDE = 480  # small images (shapes are 128-320 px) are enlarged so the labels stay legible
@@ -120,7 +120,7 @@ def read_tfrecord_images(pattern: str, count: int) -> list[tuple[str, np.ndarray
             images.append((f"record-{name}", tf.io.decode_image(example["image/encoded"], channels=3).numpy()))
     except tf.errors.OpError as error:
         raise UserError(f"--tfrecord {pattern}: not TFRecords with image/encoded: "
-                        f"{str(error).splitlines()[0][:200]}") from None
+                        f"{first_line(error, 200)}") from None
     return images
 
 

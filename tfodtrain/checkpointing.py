@@ -25,7 +25,7 @@ from pathlib import Path
 import tensorflow as tf
 
 from tfodtrain import checkpoint_files, exit_codes
-from tfodtrain.exit_codes import UserError
+from tfodtrain.exit_codes import UserError, first_line
 from tfodtrain.train import TrainingStopped
 
 log = logging.getLogger(__name__)
@@ -100,12 +100,12 @@ class Checkpointer:
                 status.assert_existing_objects_matched()
             except _DAMAGED as error:
                 log.warning("Checkpoint %s is damaged (%s: %s); trying the one before it", path,
-                            type(error).__name__, _first_line(error))
+                            type(error).__name__, first_line(error))
                 continue
             except (ValueError, AssertionError, tf.errors.InvalidArgumentError) as error:
                 raise UserError(
                     f"the checkpoint {path} does not fit this configuration (another model or other classes?): "
-                    f"{_first_line(error)}. Use a new run dir (hydra.run.dir=...) or the configuration it "
+                    f"{first_line(error)}. Use a new run dir (hydra.run.dir=...) or the configuration it "
                     "was trained with"
                 ) from None
             step = int(self.step.numpy())
@@ -133,7 +133,7 @@ class Checkpointer:
             checkpoint_files.remove_unlisted(self.write_directory, step)
             free_mib = shutil.disk_usage(self.write_directory).free // MIB
             raise CheckpointWriteError(
-                f"cannot write checkpoint {path} ({_first_line(error)}; {free_mib} MiB free on its disk); "
+                f"cannot write checkpoint {path} ({first_line(error)}; {free_mib} MiB free on its disk); "
                 f"the previous checkpoint {self._latest} is intact. Free space (or lower "
                 "trainer.keep_checkpoints), then rerun the same command to resume") from None
         if not self.is_writer:
@@ -141,8 +141,3 @@ class Checkpointer:
         self._last_saved_step, self._latest = step, path
         log.info("Saved checkpoint %s (step %d)", path, step)
         return path
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return (text.splitlines()[0] if text else type(error).__name__)[:300]

@@ -17,6 +17,12 @@ TERMINATED = 143  # SIGTERM (preemption): checkpoint saved, then exit (128 + 15)
 RESTARTABLE = frozenset({GUARD_ABORT, OUT_OF_MEMORY})
 
 
+def first_line(error: BaseException, limit: int = 300) -> str:
+    """The first line of an error's message (its type when it has none), for a one-line message."""
+    text = str(error).strip()
+    return (text.splitlines()[0] if text else type(error).__name__)[:limit]
+
+
 class UserError(Exception):
     """A mistake in the user's configuration or input.
 

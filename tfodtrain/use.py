@@ -20,7 +20,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from tfodtrain.exit_codes import UserError
+from tfodtrain.exit_codes import UserError, first_line
 from tfodtrain.train import build_experiment, configure_devices, resolve_data, write_json
 
 log = logging.getLogger("tfodtrain")
@@ -93,11 +93,10 @@ def warm_start(task, detector) -> str | None:
     try:
         task.initialize(detector)
     except (AssertionError, ValueError, tf.errors.OpError) as error:
-        first_line = str(error).strip().splitlines()[0][:300]
         hint = ("; with another head or class count take only model.init_checkpoint_modules=backbone"
                 if modules == "all" else "")
         raise UserError(f"model.init_checkpoint={config.init_checkpoint} does not match this model "
-                        f"(modules: {modules}): {first_line}{hint}") from None
+                        f"(modules: {modules}): {first_line(error)}{hint}") from None
     log.info("Warm start: %s restored from %s", modules, config.init_checkpoint)
     return config.init_checkpoint
 
@@ -116,9 +115,8 @@ def restore_detector(detector, params, checkpoint: str) -> int:
         tf.train.Checkpoint(model=detector, global_step=step).read(checkpoint).expect_partial() \
             .assert_existing_objects_matched()
     except (AssertionError, ValueError, tf.errors.OpError) as error:
-        first_line = str(error).strip().splitlines()[0][:300]
         raise UserError(f"the checkpoint {checkpoint} does not fit this configuration (another model or other "
-                        f"classes?): {first_line}. Give the overrides it was trained with") from None
+                        f"classes?): {first_line(error)}. Give the overrides it was trained with") from None
     return int(step.numpy())
 
 
