@@ -469,14 +469,16 @@ def check_memory(cfg, trials: StepTrials, gpu_count: int, auto_batch: bool, data
     found, search_failed = None, False
     try:
         first = trials.run(batch_size)
-        # GPU allocator peaks are exact in this process; host RSS needs a fresh process per step
-        run_step = trials.run if gpu_count else FreshProcessStep(cfg, data, trials.probe.before.get("host", 0))
-        if auto_batch:
-            found = largest_fitting([first], run_step, search_targets, int(cfg.trainer.get("auto_batch_max", 64)))
-        elif not _fits(first, targets):
-            log.warning("Pre-flight: one step at batch size %d does not fit; searching the largest that does",
-                        batch_size)
-            found = largest_fitting([first], run_step, search_targets, batch_size - 1)
+        if auto_batch or not _fits(first, targets):
+            # GPU allocator peaks are exact in this process; host RSS needs a fresh process per step
+            run_step = trials.run if gpu_count else FreshProcessStep(cfg, data, trials.probe.before.get("host", 0))
+            if auto_batch:
+                upper = int(cfg.trainer.get("auto_batch_max", 64))
+            else:
+                log.warning("Pre-flight: one step at batch size %d does not fit; searching the largest that does",
+                            batch_size)
+                upper = batch_size - 1
+            found = largest_fitting([first], run_step, search_targets, upper)
     except SearchFailed as error:
         log.warning("Pre-flight: the batch size search failed: %s", error)
         found, search_failed = None, True
