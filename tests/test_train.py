@@ -41,6 +41,20 @@ def test_experiment_composes_into_a_model_garden_config(name, tmp_path):
         assert model.input_size == [640, 640, 3]
 
 
+def test_learning_rate_warms_up_then_decays_to_zero_at_the_last_step(tmp_path):
+    from official.modeling import optimization
+    from tfodtrain.train import build_experiment
+
+    cfg = compose_config(["+experiment=ssd", "trainer.steps=600", "trainer.warmup_steps=60",
+                          "trainer.learning_rate=0.08"], run_dir=tmp_path)
+    data = {"train": "unused-train", "val": "unused-val", "num_classes": cfg.data.num_classes}
+    schedule = optimization.OptimizerFactory(build_experiment(cfg, data).trainer.optimizer_config).build_learning_rate()
+    rate = {step: float(schedule(step)) for step in (0, 30, 60, 330, 540, 599, 600)}
+    assert rate[0] == pytest.approx(0.008) and rate[30] == pytest.approx(0.044)  # linear from 10% of the peak
+    assert rate[60] == pytest.approx(0.08) and rate[330] == pytest.approx(0.04)  # cosine from the end of warm-up
+    assert rate[540] > 0.001 and 0 < rate[599] < 1e-5 and rate[600] == pytest.approx(0, abs=1e-9)
+
+
 def test_import_tfodtrain_is_light():
     code = ("import sys, tfodtrain, tfodtrain.memory, tfodtrain.memory.probes, tfodtrain.memory.guard, "
             "tfodtrain.memory.replay, tfodtrain.exit_codes, tfodtrain.paths\n"

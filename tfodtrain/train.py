@@ -102,9 +102,11 @@ def build_experiment(cfg: DictConfig, data: dict):
     warmup = int(trainer.warmup_steps)
     params.trainer.optimizer_config = optimization.OptimizationConfig({
         "optimizer": optimizer,
+        # The warm-up wrapper calls the cosine with the global step: the offset starts it where the
+        # warm-up ends, so it reaches 0 at the last step rather than `warmup` steps before it.
         "learning_rate": {"type": "cosine", "cosine": {
             "initial_learning_rate": float(trainer.learning_rate),
-            "decay_steps": max(int(trainer.steps) - warmup, 1)}},
+            "decay_steps": max(int(trainer.steps) - warmup, 1), "offset": warmup}},
         "warmup": {"type": "linear", "linear": {
             "warmup_steps": warmup, "warmup_learning_rate": float(trainer.learning_rate) * 0.1}},
     })
