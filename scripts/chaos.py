@@ -34,6 +34,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from tfodtrain import checkpoint_files  # noqa: E402
+from tfodtrain.exit_codes import first_line  # noqa: E402
 
 PROGRESS = re.compile(r"step (\d+)/(\d+) \|")
 RESUMED = re.compile(r"Resuming from checkpoint \S+ at step (\d+) of")
@@ -84,7 +85,7 @@ def readable(prefix: Path) -> str | None:
         for name in reader.get_variable_to_shape_map():
             reader.get_tensor(name)
     except Exception as error:  # any failure to read is what this script looks for
-        return f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"
+        return f"{type(error).__name__}: {first_line(error, 200)}"
     return None
 
 

@@ -47,6 +47,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tfodtrain.exit_codes import first_line
 from tfodtrain.memory.probes import GpuReading, NvmlProbe, gpu_limit_bytes
 from tfodtrain.memory.traces import TraceWriter
 
@@ -103,7 +104,7 @@ class TorchLeaker:
         try:
             self.held.append(self.torch.empty(nbytes, dtype=self.torch.uint8, device=self.device))
         except self.torch.OutOfMemoryError as error:
-            raise OutOfMemory(str(error).splitlines()[0]) from None
+            raise OutOfMemory(first_line(error)) from None
 
     def release(self) -> None:
         self.held.clear()
@@ -127,7 +128,7 @@ class CupyLeaker:
         try:
             self.held.append(self.cupy.empty(nbytes, dtype=self.cupy.uint8))
         except self.cupy.cuda.memory.OutOfMemoryError as error:
-            raise OutOfMemory(str(error).splitlines()[0]) from None
+            raise OutOfMemory(first_line(error)) from None
 
     def release(self) -> None:
         self.held.clear()

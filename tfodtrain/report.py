@@ -37,7 +37,7 @@ import sys
 import types
 from pathlib import Path
 
-from tfodtrain.exit_codes import BAD_INPUT, GUARD_ABORT, UserError
+from tfodtrain.exit_codes import BAD_INPUT, GUARD_ABORT, UserError, first_line
 from tfodtrain.memory.detector import Assessment
 from tfodtrain.memory.guard import MemoryGuard
 from tfodtrain.memory.policy import GuardSettings, describe
@@ -148,7 +148,7 @@ def _read_config(path: Path) -> dict | None:
     try:
         return OmegaConf.to_container(OmegaConf.load(path), resolve=False)
     except (OmegaConfBaseException, ValueError, OSError) as error:
-        raise UserError(f"{path}: cannot read the run's config ({str(error).splitlines()[0]})") from None
+        raise UserError(f"{path}: cannot read the run's config ({first_line(error)})") from None
 
 
 def guard_settings_of(config: dict | None) -> tuple[GuardSettings, str]:

@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 import tfodtrain
 from tfodtrain import exit_codes
 from tfodtrain.config_checks import check_config
-from tfodtrain.exit_codes import UserError
+from tfodtrain.exit_codes import UserError, first_line
 
 log = logging.getLogger("tfodtrain")
 MIB = 1 << 20
@@ -287,7 +287,7 @@ def build_callbacks(cfg: DictConfig, run) -> list:
             cause = error.__cause__ or error
             if isinstance(cause, UserError):
                 raise cause from None
-            raise UserError(f"callbacks.{name}: cannot build {spec['_target_']}: {str(cause).splitlines()[0]}") from None
+            raise UserError(f"callbacks.{name}: cannot build {spec['_target_']}: {first_line(cause)}") from None
         if isinstance(callback, RunCallback):
             callback.attach(run)
         callbacks.append(callback)
@@ -391,7 +391,7 @@ def train(cfg: DictConfig) -> dict:
             path = _emergency_checkpoint(checkpointer)
             raise TrainingStopped(exit_codes.OUT_OF_MEMORY,
                                   f"out of memory at step {int(optimizer.iterations.numpy())}: "
-                                  f"{str(error).splitlines()[0][:200]}; emergency checkpoint: {path}") from None
+                                  f"{first_line(error, 200)}; emergency checkpoint: {path}") from None
         if run.abort is not None:
             writer.flush()
             raise TrainingStopped(run.abort.exit_code, run.abort.reason)

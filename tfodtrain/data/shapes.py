@@ -25,7 +25,7 @@ from PIL import Image, ImageDraw
 log = logging.getLogger(__name__)
 
 CLASS_NAMES = ("rectangle", "ellipse", "triangle")  # class ids 1, 2, 3
-_FORMAT_VERSION = 1
+_FORMAT_VERSION = 2  # 2: shapes placed apart and drawn in a colour that stands out
 _SHARDS = 2
 
 
@@ -37,29 +37,56 @@ class ShapesPaths:
     label_map: dict[int, str]
 
 
+# Every label must show in its image: a shape hidden under later ones, or drawn in nearly the
+# background's colour under its noise (sigma 18), would be a label no detector can learn.
+_MAX_COVERED = 0.25  # the most of a box (and of each earlier box) another shape's box may cover
+_MIN_CONTRAST = 64  # the least difference from the background in the shape's most different channel
+_PLACEMENT_TRIES = 30  # placements tried before a shape is left out (its image then has fewer)
+
+
+def _covered_share(box, other) -> float:
+    """The share of `box` (x0, y0, x1, y1) that `other` covers."""
+    width = min(box[2], other[2]) - max(box[0], other[0])
+    height = min(box[3], other[3]) - max(box[1], other[1])
+    if width <= 0 or height <= 0:
+        return 0.0
+    return width * height / ((box[2] - box[0]) * (box[3] - box[1]))
+
+
 def _draw_image(rng: np.random.Generator, size: int):
-    """One noisy background with 1-4 shapes; returns the image and normalised boxes + class ids."""
+    """One noisy background with 1-4 visible shapes; returns the image and normalised boxes + class ids."""
     base = rng.integers(40, 200, size=3)
     noise = rng.normal(0, 18, size=(size, size, 3))
     pixels = np.clip(base + noise, 0, 255).astype(np.uint8)
     image = Image.fromarray(pixels)
     draw = ImageDraw.Draw(image)
-    boxes, classes = [], []
+    placed, classes = [], []
     for _ in range(int(rng.integers(1, 5))):
         class_id = int(rng.integers(1, len(CLASS_NAMES) + 1))
-        w, h = (int(v) for v in rng.integers(size // 8, size // 2.5, size=2))
-        x0 = int(rng.integers(0, size - w))
-        y0 = int(rng.integers(0, size - h))
-        x1, y1 = x0 + w, y0 + h
-        colour = tuple(int(c) for c in rng.integers(0, 256, size=3))
-        if class_id == 1:
-            draw.rectangle([x0, y0, x1, y1], fill=colour)
-        elif class_id == 2:
-            draw.ellipse([x0, y0, x1, y1], fill=colour)
+        for _ in range(_PLACEMENT_TRIES):
+            w, h = (int(v) for v in rng.integers(size // 8, size // 2.5, size=2))
+            x0 = int(rng.integers(0, size - w))
+            y0 = int(rng.integers(0, size - h))
+            box = (x0, y0, x0 + w, y0 + h)
+            if all(_covered_share(box, other) <= _MAX_COVERED and _covered_share(other, box) <= _MAX_COVERED
+                   for other in placed):
+                break
         else:
-            draw.polygon([(x0, y1), (x1, y1), ((x0 + x1) // 2, y0)], fill=colour)
-        boxes.append((y0 / size, x0 / size, y1 / size, x1 / size))
+            continue
+        colour = rng.integers(0, 256, size=3)
+        while np.abs(colour - base).max() < _MIN_CONTRAST:
+            colour = rng.integers(0, 256, size=3)
+        x0, y0, x1, y1 = box
+        fill = tuple(int(c) for c in colour)
+        if class_id == 1:
+            draw.rectangle([x0, y0, x1, y1], fill=fill)
+        elif class_id == 2:
+            draw.ellipse([x0, y0, x1, y1], fill=fill)
+        else:
+            draw.polygon([(x0, y1), (x1, y1), ((x0 + x1) // 2, y0)], fill=fill)
+        placed.append(box)
         classes.append(class_id)
+    boxes = [(y0 / size, x0 / size, y1 / size, x1 / size) for x0, y0, x1, y1 in placed]
     return np.asarray(image), boxes, classes
 
 

@@ -33,7 +33,7 @@ import struct
 from pathlib import Path
 from typing import Iterator
 
-from tfodtrain.exit_codes import UserError
+from tfodtrain.exit_codes import UserError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -180,7 +180,7 @@ def check_example(data: bytes, num_classes: int) -> str | None:
     try:
         width, height = Image.open(io.BytesIO(encoded[0])).size  # reads the header only
     except (UnidentifiedImageError, OSError, ValueError) as error:
-        return f"{IMAGE_KEY} is not a readable image ({str(error).splitlines()[0][:80]})"
+        return f"{IMAGE_KEY} is not a readable image ({first_line(error, 80)})"
     if width <= 0 or height <= 0:
         return f"empty image ({width}x{height} pixels)"
     for key in ("image/height", "image/width"):
