@@ -7,7 +7,7 @@ always give the same bytes, so a cache hit is as good as regenerating.
 
 Example:
     >>> paths = ensure_shapes_dataset("~/.cache/tfodtrain", num_train=256, num_val=64)
-    >>> paths.train_pattern   # '.../shapes-v1-.../train-*.tfrecord'
+    >>> paths.train_pattern   # '.../shapes-v2-.../train-*.tfrecord'
 """
 
 from __future__ import annotations
