@@ -55,10 +55,36 @@ def _hydra_entry() -> None:
             from tfodtrain.train import run
 
             code = run(cfg)
+            if code in (exit_codes.INTERRUPTED, exit_codes.TERMINATED):
+                _exit_skipping_interpreter_shutdown(code)
+        _ignore_late_signals()
         if code:
             sys.exit(code)
 
     entry()
+
+
+def _exit_skipping_interpreter_shutdown(code: int) -> None:
+    """Exit after a signal without Python's shutdown: the signal may have cut an import of a C extension
+    (TensorFlow's, pyarrow's, scipy's) half-way, and finalizing that can abort the process instead of
+    exiting with `code` (seen in drills: "Fatal Python error: PyThreadState_Get", SIGABRT for 130). The
+    checkpoint, summaries and memory traces are written and closed by now; flush the rest."""
+    import logging
+    import os
+
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def _ignore_late_signals() -> None:
+    """The outcome is decided and written: a SIGTERM / SIGINT during the ~1 s of TensorFlow's teardown
+    has nothing left to stop and must not turn a finished run into a death by signal or exit 143."""
+    import signal
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, signal.SIG_IGN)
 
 
 def _is_child() -> bool:
@@ -68,6 +94,17 @@ def _is_child() -> bool:
 
 
 def main() -> None:
+    from tfodtrain.preemption import Preempted, install_for_process
+
+    install_for_process()  # SIGTERM / SIGINT: exit 143 / 130 from any phase, composition included
+    try:
+        _main()
+    except Preempted as stop:
+        print(f"tfodtrain: {stop}", file=sys.stderr)
+        _exit_skipping_interpreter_shutdown(stop.exit_code)
+
+
+def _main() -> None:
     from tfodtrain.supervise import enable_fault_log
 
     enable_fault_log()  # a supervised child: a crash's Python traceback goes to RUN_DIR/faults.log

@@ -233,6 +233,9 @@ def _internal_callbacks():
             self._previous = {}
 
         def on_train_begin(self, logs=None):
+            from tfodtrain.preemption import raise_if_received
+
+            raise_if_received()  # a signal before fit whose exception a library swallowed
             for signum in (signal.SIGTERM, signal.SIGINT):
                 self._previous[signum] = signal.signal(signum, self._handle)
 
@@ -316,6 +319,7 @@ def train(cfg: DictConfig) -> dict:
     from tfodtrain.callbacks.base import RunContext
     from tfodtrain.callbacks.evaluation import CocoEvaluator, PeriodicEvaluation, write_eval_summaries
     from tfodtrain.checkpointing import Checkpointer
+    from tfodtrain.preemption import raise_if_received
     from tfodtrain.use import warm_start
     from official.core import task_factory
 
@@ -341,6 +345,7 @@ def train(cfg: DictConfig) -> dict:
         trainer_model = make_trainer_model(task, detector)
         trainer_model.compile(optimizer=optimizer, steps_per_execution=int(cfg.trainer.steps_per_execution),
                               jit_compile=bool(cfg.trainer.jit_compile))
+    raise_if_received()  # a signal during the build whose exception a library swallowed
 
     checkpointer = Checkpointer(Path(cfg.run_dir) / "checkpoints", detector, optimizer,
                                 keep=int(cfg.trainer.keep_checkpoints),
@@ -355,6 +360,7 @@ def train(cfg: DictConfig) -> dict:
     val_ds = task.build_inputs(params.task.validation_data)
     # float64 check, then one real step (undone) whose peak memory must fit each pool's limit (exit 2 if not)
     train_ds, val_ds = before_fit(cfg, params, trainer_model, train_ds, val_ds, gpus, auto_batch, data)
+    raise_if_received()
 
     # Written once the checkpoint is known to fit: a mismatched config leaves the run dir as it was.
     OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
@@ -427,7 +433,7 @@ def _emergency_checkpoint(checkpointer) -> str | None:
 
 def run(cfg: DictConfig) -> int:
     """Train and map the outcome to an exit code (see tfodtrain.exit_codes)."""
-    from tfodtrain.preemption import stop_on_signals
+    from tfodtrain.preemption import Preempted, stop_on_signals
 
     try:
         with stop_on_signals():  # SIGTERM / SIGINT outside fit: exit 143 / 130, no traceback
@@ -435,7 +441,7 @@ def run(cfg: DictConfig) -> int:
     except UserError as error:
         print(f"tfodtrain: error: {error}", file=sys.stderr)
         return exit_codes.BAD_INPUT
-    except TrainingStopped as stop:
+    except (TrainingStopped, Preempted) as stop:
         log.warning("Training stopped: %s (exit %d)", stop, stop.exit_code)
         return stop.exit_code
     except KeyboardInterrupt:
