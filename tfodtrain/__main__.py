@@ -43,6 +43,8 @@ def _composition_error(overrides: list[str]) -> str | None:
 
 def _hydra_entry() -> None:
     import hydra
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
     from omegaconf import DictConfig
 
     @hydra.main(config_path=str(config_dir()), config_name="config", version_base="1.3")
@@ -57,7 +59,8 @@ def _hydra_entry() -> None:
             code = run(cfg)
             if code in (exit_codes.INTERRUPTED, exit_codes.TERMINATED):
                 _exit_skipping_interpreter_shutdown(code)
-        _ignore_late_signals()
+        if HydraConfig.get().mode != RunMode.MULTIRUN:  # in a sweep, the next job's outcome is still open
+            _ignore_late_signals()
         if code:
             sys.exit(code)
 
