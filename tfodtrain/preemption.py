@@ -30,7 +30,7 @@ import functools
 import signal
 import sys
 
-_received: int | None = None  # the signal latched by the innermost stop_on_signals, if one came
+_received: int | None = None  # the signal the handler latched since it was installed, if one came
 
 
 class Preempted(BaseException):
@@ -43,7 +43,7 @@ class Preempted(BaseException):
 
 
 def raise_if_received() -> None:
-    """Raise Preempted if a signal came since stop_on_signals was entered and its exception was swallowed."""
+    """Raise Preempted if a signal came since the handler was installed and its exception was swallowed."""
     if _received is not None:
         raise Preempted(_received)
 
