@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 
 import pytest
@@ -74,23 +75,25 @@ def test_without_a_signal_exceptions_pass_through_and_handlers_are_restored():
     raise_if_received()  # nothing latched
 
 
+def _in_a_fresh_interpreter(before: str, block: str) -> subprocess.CompletedProcess:
+    """Run `before`, then `block` inside stop_on_signals, in a new Python that exits with Preempted's code."""
+    code = ("import os, signal, sys, time\n"
+            "from tfodtrain.preemption import Preempted, install_for_process, raise_if_received, stop_on_signals\n"
+            + before + "try:\n    with stop_on_signals():\n" + textwrap.indent(block, " " * 8)
+            + "except Preempted as stop:\n    sys.exit(stop.exit_code)\n")
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+
+
 def test_a_signal_inside_a_garbage_collector_callback_is_latched_without_a_printed_traceback():
     """Python cannot raise out of __del__ and prints "Exception ignored" instead (pytest would turn that
     print into a warning, hence a fresh interpreter)."""
-    code = (
-        "import os, signal, sys, time\n"
-        "from tfodtrain.preemption import Preempted, raise_if_received, stop_on_signals\n"
+    result = _in_a_fresh_interpreter(
         "class SignalsWhenCollected:\n"
         "    def __del__(self):\n"
-        "        os.kill(os.getpid(), signal.SIGTERM); time.sleep(1)\n"
-        "try:\n"
-        "    with stop_on_signals():\n"
-        "        SignalsWhenCollected()  # collected at once\n"
-        "        raise_if_received()\n"
-        "        print('ran on past the phase boundary')\n"
-        "except Preempted as stop:\n"
-        "    sys.exit(stop.exit_code)\n")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+        "        os.kill(os.getpid(), signal.SIGTERM); time.sleep(1)\n",
+        "SignalsWhenCollected()  # collected at once\n"
+        "raise_if_received()\n"
+        "print('ran on past the phase boundary')\n")
     assert result.returncode == 143, result.stdout + result.stderr
     assert "ran on past" not in result.stdout
     assert "Exception ignored" not in result.stderr and "Traceback" not in result.stderr, result.stderr
@@ -100,19 +103,12 @@ def test_a_signal_swallowed_before_training_stops_the_run_when_it_starts():
     """The entry point's process-wide policy: a Ctrl-C during the imports that a library swallows
     (seen: SIGINT 0.4 s after start, and the run then trained to its end) stops the run at train()'s
     stop_on_signals. In a fresh interpreter, since the policy lasts to the process's end."""
-    code = (
-        "import os, signal, sys, time\n"
-        "from tfodtrain.preemption import Preempted, install_for_process, stop_on_signals\n"
+    result = _in_a_fresh_interpreter(
         "install_for_process()\n"
         "try:\n"
         "    os.kill(os.getpid(), signal.SIGINT); time.sleep(1)\n"
         "except BaseException:\n"
-        "    pass  # a library's bare except during the imports\n"
-        "try:\n"
-        "    with stop_on_signals():\n"
-        "        print('the block ran'); sys.exit(3)\n"
-        "except Preempted as stop:\n"
-        "    sys.exit(stop.exit_code)\n")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+        "    pass  # a library's bare except during the imports\n",
+        "print('the block ran'); sys.exit(3)\n")
     assert result.returncode == 130, result.stdout + result.stderr
     assert "the block ran" not in result.stdout
