@@ -91,8 +91,9 @@ def test_tensorboard_tags_read_back(smoke_run):
         assert tag in tags, (tag, sorted(tags))
     from tensorboard.util import tensor_util
 
-    used = [float(tensor_util.make_ndarray(e.tensor_proto)) for e in events.Tensors("memory/host/used_mib")]
-    assert len(used) == 6 and all(100 < v < 64 * 1024 for v in used)  # one reading a step in smoke, in MiB
+    used = {e.step: float(tensor_util.make_ndarray(e.tensor_proto)) for e in events.Tensors("memory/host/used_mib")}
+    # one reading a step in smoke (in MiB), and background ones at the last ended step when a step took over 5 s
+    assert set(range(1, 7)) <= set(used) <= set(range(0, 7)) and all(100 < v < 64 * 1024 for v in used.values())
     assert "custom_scalars" in events.PluginAssets("custom_scalars") or events.PluginTagToContent("custom_scalars")
 
 
@@ -101,12 +102,17 @@ def test_trace_files_follow_the_shared_format(smoke_run):
     lines = path.read_text().splitlines()
     assert lines[0] == HEADER_LINE
     rows = list(read_trace(path))
-    assert [r.step for r in rows] == [1, 2, 3, 4, 5, 6]
+    full = [json.loads(line) for line in (smoke_run / "memory_readings.jsonl").read_text().splitlines()]
+    assert len(rows) == len(full)  # one row per reading, step-end or background
+    # Step ends read every step in smoke; a step over memory.interval_s (the first: tracing) adds background
+    # readings, stamped with the last step that had ended. Steps and times never go back.
+    assert [r["step"] for r in full if not r.get("background")] == [1, 2, 3, 4, 5, 6]
+    assert [r.step for r in rows] == sorted(r.step for r in rows)
+    assert [r.time_s for r in rows] == sorted(r.time_s for r in rows)
     assert all(r.used_bytes < r.limit_bytes for r in rows)
     if SHARED_TRACES.exists():  # the same columns and number formats as the shared sample
         assert (SHARED_TRACES / "plateau.csv").read_text().splitlines()[0] == lines[0]
-    full = [json.loads(line) for line in (smoke_run / "memory_readings.jsonl").read_text().splitlines()]
-    assert len(full) == 6 and {"host", "gpus", "pools", "tf_allocator"} <= set(full[0])
+    assert {"host", "gpus", "pools", "tf_allocator"} <= set(full[0])
     replay = subprocess.run([sys.executable, "-m", "tfodtrain.memory.replay", str(path)], capture_output=True,
                             text=True, cwd=REPO)
     assert replay.returncode == 0, replay.stderr
@@ -118,3 +124,55 @@ def test_memory_cli_prints_json():
     assert result.returncode == 0, result.stderr
     readings = json.loads(result.stdout)
     assert readings["host"]["rss_bytes"] > 0 and isinstance(readings["gpus"], list)
+
+
+def test_a_slow_step_still_gives_a_reading_every_interval_s(tmp_path):
+    """Readings by time: while one step runs (a real sleep here), the background thread reads the probes every
+    interval_s; the step's end hands them over in time order, stamped with the last completed step, then
+    its own reading. Nothing mocked but NVML (no GPU here)."""
+    import time
+
+    sampler = MemorySampler(interval_steps=100, interval_s=0.2, run_dir=tmp_path, nvml_probe=FakeNvml())
+    assert sampler.due_samples(1) == ()  # neither interval passed since the sampler was made
+    sampler.start_background()
+    try:
+        time.sleep(1.1)  # one slow step: 5 intervals
+        samples = sampler.due_samples(2)
+        assert sampler.due_samples(2) is samples  # monitor and guard share them
+    finally:
+        sampler.stop_background()
+    background, own = samples[:-1], samples[-1]
+    assert 4 <= len(background) <= 6, [s.time_s for s in samples]
+    assert all(s.step == 1 and s.raw["background"] for s in background)  # the last step that had ended
+    assert own.step == 2 and "background" not in own.raw  # due by time at the step's end
+    times = [s.time_s for s in samples]
+    assert times == sorted(times) and all(b - a > 0.15 for a, b in zip(times, times[1:-1]))  # every interval_s
+    assert {"gpu0", "host"} <= set(background[0].pools)  # NVML's GPU: TensorFlow does not report it
+    assert not sampler._thread and sampler.drain() == []
+
+
+def test_fast_steps_need_no_background_reading(tmp_path):
+    """Step-end readings closer than interval_s keep the thread idle: no extra readings, no extra cost."""
+    import time
+
+    sampler = MemorySampler(interval_steps=2, interval_s=0.5, run_dir=tmp_path, nvml_probe=FakeNvml())
+    sampler.start_background()
+    try:
+        taken = []
+        for step in range(1, 31):
+            time.sleep(0.04)
+            taken.extend(sampler.due_samples(step))
+    finally:
+        sampler.stop_background()
+    assert [s.step for s in taken] == list(range(2, 31, 2))
+    assert not any(s.raw.get("background") for s in taken)
+
+
+def test_background_readings_leave_tensorflow_gpus_to_the_step_end(tmp_path):
+    """A GPU that TensorFlow's allocator reports is not read by the thread (no TensorFlow call there, and
+    NVML's bytes are not the allocator's): its samples hold the host only."""
+    sampler = MemorySampler(interval_steps=1, interval_s=1, run_dir=tmp_path, nvml_probe=FakeNvml(),
+                            tf_gpus=["GPU:0"])
+    with sampler._lock:
+        sample = sampler._read(7, background=True)
+    assert set(sample.pools) == {"host"} and sample.raw["background"] and sample.step == 7

@@ -11,8 +11,9 @@ import pytest
 from conftest import compose_config, run_cli
 from tfodtrain.callbacks.base import RunCallback, RunContext
 
+# memory.interval_s=3600: readings by steps only here (the first execution, tracing, takes over the default 5 s)
 SPE_RUN = ["+experiment=smoke", "trainer.steps=7", "trainer.steps_per_execution=2", "memory.interval_steps=3",
-           "trainer.checkpoint_every=3", "trainer.keep_checkpoints=10", "trainer.log_every=3"]
+           "memory.interval_s=3600", "trainer.checkpoint_every=3", "trainer.keep_checkpoints=10", "trainer.log_every=3"]
 
 
 def _run(tmp_path, initial_step=0, total_steps=7, steps_per_execution=2, memory=None):

@@ -70,6 +70,7 @@ def check_config(cfg: DictConfig) -> None:
     _choice(cfg, "trainer.optimizer", ("sgd", "adam", "adamw"))
     _choice(cfg, "trainer.mixed_precision", (None, "mixed_float16", "mixed_bfloat16"))
     _number(cfg, "memory.interval_steps", int, 1)
+    _number(cfg, "memory.interval_s", float, 0.5, hint=" (seconds between memory readings, e.g. 5)")
     _number(cfg, "memory.gpu_limit_mb", int, 1, allow_none=True)
     _number(cfg, "memory.budget_mb", float, 1, allow_none=True)
     _choice(cfg, "guard.mode", ("abort", "warn", "off"))

@@ -266,7 +266,7 @@ def make_sampler(cfg: DictConfig, run_dir: Path, gpus: list):
 
     memory = cfg.memory
     return MemorySampler(
-        interval_steps=int(memory.interval_steps), run_dir=run_dir,
+        interval_steps=int(memory.interval_steps), interval_s=float(memory.interval_s), run_dir=run_dir,
         gpu_cap_bytes=int(memory.gpu_limit_mb * MIB) if memory.gpu_limit_mb else None,
         budget_bytes=int(memory.budget_mb * MIB) if memory.budget_mb else None,
         watch_host=bool(memory.watch_host), tf_gpus=[f"GPU:{i}" for i in range(len(gpus))])
@@ -398,6 +398,8 @@ def train(cfg: DictConfig) -> dict:
             raise TrainingStopped(exit_codes.OUT_OF_MEMORY,
                                   f"out of memory at step {int(optimizer.iterations.numpy())}: "
                                   f"{first_line(error, 200)}; emergency checkpoint: {path}") from None
+        finally:
+            run.memory.stop_background()  # the callbacks stop it at train end; fit may end without that
         if run.abort is not None:
             writer.flush()
             raise TrainingStopped(run.abort.exit_code, run.abort.reason)

@@ -7,7 +7,8 @@ Call order in one training run (train.py):
        every execution (every `steps_per_execution` steps), then on_train_end;
     4. after fit, train.py runs the final evaluation and writes metrics.json.
 Callbacks run in the order of the config; the memory monitor comes before the leak guard, so the guard
-sees the reading the monitor just took (`run.memory.sample(step)` caches one reading per step).
+sees the readings the monitor just recorded (`run.memory.due_samples(step)` hands every caller at a step
+the same samples: background readings queued during the step, then the step's own when due).
 
 Example:
     >>> class EveryHundred(RunCallback):

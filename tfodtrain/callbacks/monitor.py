@@ -10,13 +10,23 @@ What each pool's *used* and *limit* mean (the figures the guard watches):
 
 `memory.budget_mb` lowers every limit to the budget. NVML's per-process bytes are logged beside the
 allocator's figure as the cross-check (they include the CUDA context and the allocator's free pool).
+
+Readings come by steps and by time: at the end of a step when `memory.interval_steps` steps or
+`memory.interval_s` seconds passed since the previous step-end reading, and from a background thread
+whenever no reading at all was taken for `memory.interval_s` seconds (a slow step, an evaluation, a
+save). The thread reads only the framework-free probes (host RSS and cgroup, NVML), never TensorFlow, so
+a GPU that TensorFlow's allocator reports is read at step ends only (its figure is the allocator's, which
+NVML's cannot stand in for); its samples carry the last completed step and wait in a queue that the
+monitor and the guard take, in time order, at the next step end.
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import json
 import logging
+import threading
 import time
 from pathlib import Path
 
@@ -27,6 +37,7 @@ from tfodtrain.memory.traces import TraceWriter, read_trace
 log = logging.getLogger(__name__)
 MIB = float(1 << 20)
 GIB = float(1 << 30)
+MAX_QUEUED = 4096  # background samples kept between two step ends (5.7 h at 5 s): a hung step cannot grow it forever
 
 
 @dataclasses.dataclass
@@ -51,30 +62,46 @@ class MemorySample:
 
 
 class MemorySampler:
-    """Reads every pool at most once per step, every `interval_steps`, for the monitor and the guard.
+    """Reads every pool for the monitor and the guard: at step ends every `interval_steps` steps or
+    `interval_s` seconds, and from a background thread when no reading came for `interval_s` seconds.
 
     It is the one owner of `tf.config.experimental.reset_memory_stats`: each reading's `tf_peak` is the
-    allocator's peak since the previous reading, wherever it is shown.
+    allocator's peak since the previous step-end reading, wherever it is shown.
 
     Example:
-        >>> sampler = MemorySampler(interval_steps=10, run_dir=run_dir)
-        >>> sample = sampler.sample_if_due(step=120, steps_per_execution=1)   # None between intervals
+        >>> sampler = MemorySampler(interval_steps=10, run_dir=run_dir, interval_s=5)
+        >>> sampler.start_background()                         # on train begin
+        >>> samples = sampler.due_samples(step=120, steps_per_execution=1)   # () between readings
+        >>> sampler.stop_background()                          # on train end
     """
 
     def __init__(self, interval_steps: int, run_dir: Path, gpu_cap_bytes: int | None = None,
                  budget_bytes: int | None = None, watch_host: bool = True, tf_gpus: list[str] | None = None,
-                 host_probe: probes.HostProbe | None = None, nvml_probe: probes.NvmlProbe | None = None):
+                 host_probe: probes.HostProbe | None = None, nvml_probe: probes.NvmlProbe | None = None,
+                 interval_s: float | None = None):
         self.interval_steps = int(interval_steps)
+        self.interval_s = float(interval_s) if interval_s else None
         self.run_dir = Path(run_dir)
         self.gpu_cap_bytes = gpu_cap_bytes
         self.budget_bytes = budget_bytes
         self.watch_host = watch_host
         self.tf_gpus = list(tf_gpus or [])
+        self._tf_pools = {f"gpu{index}" for index in range(len(self.tf_gpus))}
         default_host, default_nvml = probes.default_probes()
         self.host_probe = host_probe or default_host
         self.nvml_probe = nvml_probe or default_nvml
         self.last: MemorySample | None = None
         self._clock_start = time.monotonic() - self._previous_time_s()
+        # The probes and the queue are shared with the background thread: one lock, so samples are
+        # taken and queued in time order (an uncontended lock costs well under a microsecond).
+        self._lock = threading.Lock()
+        self._queue: collections.deque = collections.deque(maxlen=MAX_QUEUED)
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._completed_step = 0  # the stamp of background samples: the last step that ended
+        self._last_reading_at = time.monotonic()  # any reading (monotonic s)
+        self._last_step_reading_at = self._last_reading_at  # a step-end reading
+        self._taken: tuple[int | None, tuple] = (None, ())  # (step, its samples): every caller gets the same
 
     def _previous_time_s(self) -> float:
         """A resumed run continues the time axis of the traces it appends to."""
@@ -88,14 +115,90 @@ class MemorySampler:
         return latest
 
     def is_due(self, step: int, steps_per_execution: int = 1) -> bool:
-        return step // self.interval_steps != (step - steps_per_execution) // self.interval_steps
+        """A step-end reading: a multiple of `interval_steps` crossed, or `interval_s` since the last one."""
+        if step // self.interval_steps != (step - steps_per_execution) // self.interval_steps:
+            return True
+        return self.interval_s is not None and time.monotonic() - self._last_step_reading_at >= self.interval_s
+
+    def due_samples(self, step: int, steps_per_execution: int = 1) -> tuple:
+        """The samples to act on at the end of step `step`, in time order: the background ones queued
+        since the previous step end, then this step's own when due. Every caller at this step (monitor,
+        guard) gets the same tuple; () most of the time, at the cost of two comparisons."""
+        taken_step, taken = self._taken
+        if taken_step == step:
+            return taken
+        self._completed_step = step  # before reading: a background sample from now on carries this step
+        due = self.is_due(step, steps_per_execution)
+        if not due and not self._queue:
+            self._taken = (step, ())
+            return ()
+        with self._lock:
+            samples = list(self._queue)
+            self._queue.clear()
+            if due:
+                samples.append(self._read(step))
+        samples = tuple(samples)
+        if samples:
+            self.last = samples[-1]
+        self._taken = (step, samples)
+        return samples
 
     def sample_if_due(self, step: int, steps_per_execution: int = 1) -> MemorySample | None:
-        if self.last is not None and self.last.step == step:
+        """This step's own reading when due (queued background samples stay queued); None otherwise."""
+        if self.last is not None and self.last.step == step and not self.last.raw.get("background"):
             return self.last
         if not self.is_due(step, steps_per_execution):
             return None
         return self.sample(step)
+
+    def sample(self, step: int) -> MemorySample:
+        """A step-end reading now, at `step`."""
+        with self._lock:
+            self.last = self._read(step)
+        return self.last
+
+    def drain(self) -> list:
+        """The background samples still queued (at train end, for the traces)."""
+        with self._lock:
+            samples = list(self._queue)
+            self._queue.clear()
+        return samples
+
+    # -- the background thread ---------------------------------------------------------------------
+
+    def start_background(self) -> None:
+        """Start the background reader (idempotent; nothing when `interval_s` is unset)."""
+        if self.interval_s is None or (self._thread is not None and self._thread.is_alive()):
+            return
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._background, name="tfodtrain-memory-sampler", daemon=True)
+        self._thread.start()
+
+    def stop_background(self) -> None:
+        """Stop the background reader (idempotent); it finishes a reading under way first."""
+        thread, self._thread = self._thread, None
+        if thread is None:
+            return
+        self._stop.set()
+        thread.join(timeout=10)
+
+    def _background(self) -> None:
+        failures = 0
+        while True:
+            wait = self._last_reading_at + self.interval_s - time.monotonic()
+            if self._stop.wait(max(wait, 0.0)):
+                return
+            with self._lock:
+                if time.monotonic() - self._last_reading_at < self.interval_s:
+                    continue  # a step-end reading came meanwhile
+                try:
+                    self._queue.append(self._read(self._completed_step, background=True))
+                    failures = 0
+                except Exception as error:  # never let a probe kill the thread silently: say so, keep going
+                    failures += 1
+                    self._last_reading_at = time.monotonic()
+                    log.log(logging.WARNING if failures == 1 else logging.DEBUG,
+                            "Background memory reading failed (%s); trying again in %.0f s", error, self.interval_s)
 
     def _cap(self, limit: int | None) -> int | None:
         if self.budget_bytes is None:
@@ -118,14 +221,17 @@ class MemorySampler:
             stats[f"gpu{index}"] = {"current_bytes": int(info["current"]), "peak_bytes": int(info["peak"])}
         return stats
 
-    def sample(self, step: int) -> MemorySample:
-        time_s = time.monotonic() - self._clock_start
+    def _read(self, step: int, background: bool = False) -> MemorySample:
+        """One reading of every pool (call under the lock). In the background thread no TensorFlow call:
+        a pool whose figure is TensorFlow's allocator is left out of it."""
+        now = time.monotonic()
+        time_s = now - self._clock_start
         host = self.host_probe.read()
         gpus = self.nvml_probe.read()
-        allocator = self._tf_allocator()
+        allocator = {} if background else self._tf_allocator()
         pools = {}
         for gpu in gpus:
-            if not gpu.ok:
+            if not gpu.ok or (background and gpu.pool in self._tf_pools):
                 continue
             tf_stats = allocator.get(gpu.pool)
             limit = self.gpu_cap_bytes if (self.gpu_cap_bytes and tf_stats) else probes.gpu_limit_bytes(gpu)
@@ -152,8 +258,12 @@ class MemorySampler:
         raw = {"step": step, "time_s": round(time_s, 3), "time_unix": time.time(), "host": host.to_dict(),
                "gpus": [g.to_dict() for g in gpus], "tf_allocator": allocator,
                "pools": {p.pool: {"used_bytes": p.used_bytes, "limit_bytes": p.limit_bytes} for p in pools.values()}}
-        self.last = MemorySample(step, time_s, pools, raw)
-        return self.last
+        if background:
+            raw["background"] = True
+        else:
+            self._last_step_reading_at = now
+        self._last_reading_at = now
+        return MemorySample(step, time_s, pools, raw)
 
     def describe_pools(self) -> list[str]:
         """`gpu0 3.1/79.2 GiB` for each pool of the latest reading (progress lines)."""
@@ -191,8 +301,11 @@ class MemoryMonitor(RunCallback):
         memory/host/rss_mib, available_mib, cgroup_usage_mib
     and a custom-scalars layout ("Memory": used vs limit on one chart per pool).
 
+    Background readings (a slow step: see MemorySampler) are recorded at the next step end, each at
+    the step it was taken in, in time order; those still queued at train end are recorded then.
+
     Example:
-        python -m tfodtrain +experiment=ssd memory.interval_steps=20
+        python -m tfodtrain +experiment=ssd memory.interval_steps=20 memory.interval_s=10
     """
 
     def __init__(self, write_traces: bool = True):
@@ -206,25 +319,27 @@ class MemoryMonitor(RunCallback):
     def on_train_begin(self, logs=None):
         if self.write_traces:
             self._jsonl = open(self.run.run_dir / "memory_readings.jsonl", "a", encoding="utf-8")
+        self.run.memory.start_background()
 
     def on_train_batch_end(self, batch, logs=None):
         step = self.run.step_of(batch)
-        sample = self.run.memory.sample_if_due(step, self.run.execution_steps(step))
-        if sample is not None:
+        for sample in self.run.memory.due_samples(step, self.run.execution_steps(step)):
             self.record(sample)
 
     def record(self, sample: MemorySample) -> None:
         import tensorflow as tf
 
         writer = self.run.summary_writer
-        pools = tuple(sorted(sample.pools))
-        with writer.as_default(step=sample.step):
-            if pools != self._layout_pools:
-                from tensorboard.plugins.custom_scalar import summary as cs_summary
+        # Background samples lack the GPUs TensorFlow reports: the layout covers every pool seen so far,
+        # rewritten only when a new one appears.
+        if not set(sample.pools) <= set(self._layout_pools):
+            pools = tuple(sorted(set(sample.pools) | set(self._layout_pools)))
+            from tensorboard.plugins.custom_scalar import summary as cs_summary
 
+            with writer.as_default(step=sample.step):
                 tf.summary.experimental.write_raw_pb(
                     cs_summary.pb(custom_scalars_layout(pools)).SerializeToString(), step=sample.step)
-                self._layout_pools = pools
+            self._layout_pools = pools
         scalars = {}
         for p in sample.pools.values():
             scalars[f"memory/{p.pool}/used_mib"] = p.used_bytes / MIB
@@ -248,6 +363,9 @@ class MemoryMonitor(RunCallback):
         self._jsonl.flush()
 
     def on_train_end(self, logs=None):
+        self.run.memory.stop_background()
+        for sample in self.run.memory.drain():  # readings of the last step, after its end was recorded
+            self.record(sample)
         for writer in self._writers.values():
             writer.close()
         self._writers.clear()
