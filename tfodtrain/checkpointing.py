@@ -30,6 +30,9 @@ from tfodtrain.train import TrainingStopped
 
 log = logging.getLogger(__name__)
 MIB = 1 << 20
+# What `take_request()` returns: nothing requested, only insurance saves (best effort: a failure is a
+# warning), or a save that must succeed (periodic, abort, signal, end of training).
+NO_SAVE, INSURANCE_SAVE, REQUIRED_SAVE = 0, 1, 2
 
 # A restore that fails with one of these read a damaged checkpoint (truncated data, missing file): the
 # previous one is tried. Shape or structure mismatches (ValueError, AssertionError) mean another model.
@@ -58,7 +61,7 @@ class Checkpointer:
         self._last_saved_step: int | None = None
         self._latest: str | None = self.manager.latest_checkpoint if self.is_writer else None
         self._holding = False  # multi-worker: saves are requested, then made by all workers together
-        self._requested = False
+        self._requested = NO_SAVE
         if self.is_writer and self.directory.is_dir():
             for leftover in checkpoint_files.remove_partial_saves(self.directory):
                 log.warning("Removed %s, left by a save that was killed midway", leftover)
@@ -72,13 +75,19 @@ class Checkpointer:
     def latest(self) -> str | None:
         return self._latest
 
+    @property
+    def holding(self) -> bool:
+        """True while saves are only requested (several workers, inside fit)."""
+        return self._holding
+
     def hold_saves(self) -> None:
         """From now on `save()` only records a request (see tfodtrain.distribute.WorkerAgreement)."""
-        self._holding, self._requested = True, False
+        self._holding, self._requested = True, NO_SAVE
 
-    def take_request(self) -> bool:
-        """Whether a save was requested since the last call (while holding); clears the request."""
-        requested, self._requested = self._requested, False
+    def take_request(self) -> int:
+        """The save requested since the last call (while holding): NO_SAVE, INSURANCE_SAVE (only insurance
+        saves asked) or REQUIRED_SAVE; clears the request."""
+        requested, self._requested = self._requested, NO_SAVE
         return requested
 
     def release_saves(self) -> None:
@@ -113,19 +122,21 @@ class Checkpointer:
             return step
         return None
 
-    def save(self, force: bool = False) -> str | None:
+    def save(self, force: bool = False, insurance: bool = False) -> str | None:
         """Save at the current step; returns the checkpoint's path.
 
         A step is saved once, `force` or not: rewriting the newest checkpoint in place would break it
         if the process were killed or the disk filled mid-write. (`force` marks callers that need a
-        checkpoint now: guard abort, OOM.) While `hold_saves()` is on, the save is only requested.
+        checkpoint now: guard abort, OOM.) `insurance` marks the leak guard's save at a warning, whose
+        failure its caller only logs: an ordinary numbered checkpoint all the same, under the same
+        keep-N policy. While `hold_saves()` is on, the save is only requested.
         """
         step = int(self.step.numpy())
         if step == self._last_saved_step:
             return self._latest
         path = str(self.directory / f"{checkpoint_files.PREFIX}-{step}")
         if self._holding:
-            self._requested = True
+            self._requested = max(self._requested, INSURANCE_SAVE if insurance else REQUIRED_SAVE)
             return path
         try:
             self.manager.save(checkpoint_number=step)

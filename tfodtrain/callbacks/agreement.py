@@ -7,6 +7,7 @@ import logging
 import tensorflow as tf
 
 from tfodtrain.callbacks.base import AbortRequest, RunCallback
+from tfodtrain.checkpointing import INSURANCE_SAVE, REQUIRED_SAVE
 
 log = logging.getLogger(__name__)
 
@@ -15,8 +16,9 @@ class WorkerAgreement(RunCallback):
     """All workers stop and save together: goes last among the callbacks of a multi-worker run.
 
     While fit runs, the run's Checkpointer only records save requests (`hold_saves`). After every
-    execution (and at the end of training) each worker shares [exit code of its stop request, whether
-    it wants a save, its step]; if any worker wants a save, all save; if any must stop, all stop at
+    execution (and at the end of training) each worker shares [exit code of its stop request, the save
+    it wants (none, insurance only, one that must succeed), its step]; if any worker wants a save, all
+    save (an insurance-only save that fails is a warning on every worker); if any must stop, all stop at
     this step, with the exit code of the lowest-indexed worker that stopped (a worker that stopped for
     a reason of its own keeps its own code).
 
@@ -54,13 +56,23 @@ class WorkerAgreement(RunCallback):
 
     def _agree(self, step: int) -> None:
         local = self.run.abort.exit_code if self.run.abort is not None else 0
-        wants_save = self.run.checkpointer.take_request()
+        wants_save = self.run.checkpointer.take_request()  # 0 none, 1 insurance only, 2 a save that must succeed
         row = tf.constant([local, float(wants_save), step, self.role.index], tf.float32)
         table = self._share(row).numpy()
         stopping = [r for r in table if r[0] > 0]
-        if table[:, 1].max() > 0:
+        wanted = int(table[:, 1].max())
+        if wanted == REQUIRED_SAVE:
             self.run.checkpointer.release_saves()
             self.run.checkpointer.save(force=True)
+            self.run.checkpointer.hold_saves()
+        elif wanted == INSURANCE_SAVE:  # a worker's leak guard warned: all save, a failure is only a warning
+            self.run.checkpointer.release_saves()
+            try:
+                path = self.run.checkpointer.save(force=True, insurance=True)
+                log.warning("Workers agreed: insurance checkpoint %s at step %d", path, step)
+            except Exception as error:  # noqa: BLE001 - insurance is best effort
+                log.warning("The agreed insurance checkpoint at step %d failed (%s: %s); training goes on",
+                            step, type(error).__name__, error)
             self.run.checkpointer.hold_saves()
         if not stopping or self.stopped_at is not None:
             return

@@ -5,6 +5,16 @@ turns each reading of every pool into ok / warn / abort, exactly as `python -m t
 does on a trace; on abort this callback checkpoints through the run's Checkpointer, writes
 `abort_report.json`, a TensorBoard text summary and marker, runs `on_abort_command`, and stops training;
 train.py then exits with code 75.
+
+At a warning it saves an insurance checkpoint at once (at most every `insurance_every_s` seconds): should
+the run be killed before the guard aborts (a leak faster than the guard's evidence, `guard=warn`), the
+resumed run loses only the steps since the warning. It is an ordinary numbered checkpoint of the same
+CheckpointManager (`ckpt-<step>`), kept under the same `trainer.keep_checkpoints` newest-N policy; a
+failed one is a logged warning, and training goes on.
+
+TensorBoard, per pool, at every reading the guard judged: `guard/<pool>/slope_mib_per_min`,
+`guard/<pool>/confidence` (of growth) and, while it grows, `guard/<pool>/seconds_to_limit`; texts and
+markers `guard/warning`, `guard/insurance`, `guard/abort`.
 """
 
 from __future__ import annotations
@@ -12,8 +22,10 @@ from __future__ import annotations
 import datetime
 import json
 import logging
+import math
 import os
 import subprocess
+import time
 
 from tfodtrain import exit_codes
 from tfodtrain.callbacks.base import AbortRequest, RunCallback
@@ -36,38 +48,115 @@ def guard_settings(mode: str = "abort", settings: dict | None = None, on_abort_c
         raise UserError(f"guard.settings: {str(error).removeprefix('leak guard: ')}") from None
 
 
+def insurance_interval(value) -> float | None:
+    """`insurance_every_s`: seconds >= 0, or null for no insurance checkpoints; else the user's one-line error."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+        raise UserError(f"callbacks.leak_guard.insurance_every_s={value!r} must be seconds >= 0 (e.g. 600), "
+                        "or null for no insurance checkpoints")
+    return float(value)
+
+
 class LeakGuard(RunCallback):
-    """Checkpoint-and-abort (exit 75) when a pool's memory is projected to run out within the horizon.
+    """Checkpoint-and-abort (exit 75) when a pool's memory is projected to run out within the horizon;
+    an insurance checkpoint at a warning.
 
     Example:
-        python -m tfodtrain +experiment=ssd guard=warn            # warn only
+        python -m tfodtrain +experiment=ssd guard=warn            # warn only (insurance checkpoints still)
         python -m tfodtrain +experiment=ssd guard.settings.horizon_s=1800 \
             guard.on_abort_command='notify-send "$TFODTRAIN_ABORT_REASON"'
+        python -m tfodtrain +experiment=ssd callbacks.leak_guard.insurance_every_s=null   # no insurance saves
     """
 
-    def __init__(self, mode: str = "abort", settings: dict | None = None, on_abort_command: str | None = None):
+    def __init__(self, mode: str = "abort", settings: dict | None = None, on_abort_command: str | None = None,
+                 insurance_every_s: float | None = 600.0):
         super().__init__()
         self.settings = guard_settings(mode, settings, on_abort_command)
+        self.insurance_every_s = insurance_interval(insurance_every_s)
         self.guard = MemoryGuard(self.settings)
         self.clues = LeakClues()  # growing Python objects and retracing, for warnings and the abort report
         self.last_decision = None
+        self.insurance: list[dict] = []  # every insurance save: step, pool, path, seconds, error
+        self._insured_at: float | None = None  # monotonic time of the last insurance save (attempt)
+        self._scalars = None  # tfodtrain.callbacks.scalars.ScalarWriter, made on the first reading
+
+    def on_train_begin(self, logs=None):
+        if self.settings.mode != "off":
+            self.run.memory.start_background()
+
+    def on_train_end(self, logs=None):
+        self.run.memory.stop_background()
 
     def on_train_batch_end(self, batch, logs=None):
         if self.settings.mode == "off":
             return
         step = self.run.step_of(batch)
-        sample = self.run.memory.sample_if_due(step, self.run.execution_steps(step))
-        if sample is None:
+        samples = self.run.memory.due_samples(step, self.run.execution_steps(step))
+        if not samples:
             return
-        self.clues.observe(sample.step, self.model, self._summary)
-        decision = self.guard.observe_many(sample.guard_readings())
-        self.last_decision = decision
-        if decision.action == "warn":
-            reason = decision.reason + self.clues.describe(sample.step)
-            log.warning("Leak guard: %s", reason)
-            self._summary("guard/warning", reason, sample.step)
-        elif decision.action == "abort":
-            self._abort(decision, sample)
+        self.clues.observe(samples[-1].step, self.model, self._summary)
+        for sample in samples:  # queued background readings first, in time order, then the step's own
+            decision = self.guard.observe_many(sample.guard_readings())
+            self.last_decision = decision
+            self._write_state(sample)
+            if decision.action == "warn":
+                reason = decision.reason + self.clues.describe(sample.step)
+                log.warning("Leak guard at step %d: %s", sample.step, reason)
+                self._summary("guard/warning", reason, sample.step)
+                self._insure(decision)
+            elif decision.action == "abort":
+                self._abort(decision, sample)
+                return
+
+    def _write_state(self, sample) -> None:
+        """Per pool: slope, confidence and (while growing) seconds to the limit, as one event."""
+        scalars = {}
+        for pool, *_ in sample.guard_readings():  # the pools the guard just judged
+            a = self.guard.assessments.get(pool)
+            if a is None or not a.ready:
+                continue
+            scalars[f"guard/{pool}/slope_mib_per_min"] = a.slope_bytes_per_second * 60 / MIB
+            scalars[f"guard/{pool}/confidence"] = a.trend_confidence
+            if a.growing and a.seconds_to_limit is not None and math.isfinite(a.seconds_to_limit):
+                scalars[f"guard/{pool}/seconds_to_limit"] = a.seconds_to_limit
+        if not scalars:
+            return
+        if self._scalars is None:
+            from tfodtrain.callbacks.scalars import ScalarWriter
+
+            self._scalars = ScalarWriter(self.run.summary_writer)
+        self._scalars.write(sample.step, scalars)
+
+    def _insure(self, decision) -> None:
+        """The insurance checkpoint of a warning, unless one was made less than `insurance_every_s` ago.
+
+        With several workers the Checkpointer holds saves: this only requests it, and every worker saves
+        it together at this step's end (tfodtrain.callbacks.agreement), as for an abort."""
+        if self.insurance_every_s is None:
+            return
+        now = time.monotonic()
+        if self._insured_at is not None and now - self._insured_at < self.insurance_every_s:
+            return
+        self._insured_at = now
+        checkpointer = self.run.checkpointer
+        step = int(checkpointer.step.numpy())
+        record = {"step": step, "pool": decision.pool, "path": None, "seconds": None, "error": None}
+        self.insurance.append(record)
+        try:
+            record["path"] = checkpointer.save(force=True, insurance=True)
+        except Exception as error:  # noqa: BLE001 - insurance is best effort: a failed save must not end the run
+            record["error"] = f"{type(error).__name__}: {error}"
+            log.warning("Leak guard: the insurance checkpoint at step %d failed (%s); training goes on",
+                        step, record["error"])
+            self._summary("guard/insurance", f"step {step}: insurance checkpoint FAILED ({record['error']})", step)
+            return
+        record["seconds"] = round(time.monotonic() - now, 3)
+        how = "requested: every worker saves it at this step" if checkpointer.holding else f"saved in {record['seconds']:.2f} s"
+        log.warning("Leak guard: insurance checkpoint %s at step %d (%s), after the warning for %s",
+                    record["path"], step, how, decision.pool)
+        self._summary("guard/insurance", f"step {step}: insurance checkpoint {record['path']} ({how}); "
+                      f"warning: {decision.reason}", step)
 
     def _summary(self, tag: str, text: str, step: int) -> None:
         import tensorflow as tf
