@@ -203,3 +203,24 @@ def test_gpu_pool_peak_is_the_allocators(tmp_path):
     assert "| gpu0 | 5.04 GiB | 16.00 GiB | 31% | 3.04 GiB |" in page, page  # peak 5 GiB + 40 MiB, not the 3.04 used
     assert "no end recorded: last reading at step 40" in page
     assert has_color(tmp_path / "memory_report.png", (0xFF, 0x8F, 0x00))  # the allocator-peak line
+
+
+def test_the_last_assessment_of_a_pool_that_does_not_grow_is_a_real_one():
+    from tfodtrain.memory.detector import Assessment
+    from tfodtrain.memory.policy import GuardSettings
+    from tfodtrain.report import assessment_text
+
+    flat = Assessment(pool="host", step=600, time_s=480.0, used_bytes=3 << 30, limit_bytes=16 << 30, ready=True,
+                      floor_bytes=int(2.5 * GIB), slope_bytes_per_second=1024.0, trend_confidence=0.42)
+    assert assessment_text(flat, GuardSettings()) == (
+        "flat: floor 2.50 GiB, no sustained growth (trend +0.06 MiB/min, confidence of growth 0.42)")
+    waiting = Assessment(pool="host", step=3, time_s=2.0, used_bytes=1, limit_bytes=2, note="3 readings so far")
+    assert assessment_text(waiting, GuardSettings()) == "3 readings so far"
+    assert assessment_text(None, GuardSettings()) == "not watched"
+
+
+def test_guard_settings_of_another_version_are_left_out_with_a_note():
+    from tfodtrain.report import guard_settings_of
+
+    settings, note = guard_settings_of({"guard": {"mode": "warn", "settings": {"a_setting_of_long_ago": 5}}})
+    assert settings.mode == "warn" and note == "guard mode warn; settings of another version ignored: a_setting_of_long_ago"

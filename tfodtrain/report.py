@@ -160,13 +160,21 @@ def guard_settings_of(config: dict | None) -> tuple[GuardSettings, str]:
     values = dict(guard.get("settings") or {})
     mode = guard.get("mode", "abort")
     values["mode"] = "warn" if mode == "off" else mode
+    # A run dir of another version may name settings this detector no longer has: they are left out (and
+    # said), so old run dirs stay readable; a value this version does not accept is still an error.
+    known = {field.name for field in dataclasses.fields(GuardSettings)}
+    dropped = sorted(set(values) - known)
+    values = {key: value for key, value in values.items() if key in known}
     try:
         settings = GuardSettings.from_mapping(values)
     except ValueError as error:
         raise UserError(f"config.yaml guard.settings: {error}") from None
     if config is None:
         return settings, "no config.yaml: default guard settings"
-    return settings, "guard was off; trend replayed as warn-only" if mode == "off" else f"guard mode {mode}"
+    note = "guard was off; trend replayed as warn-only" if mode == "off" else f"guard mode {mode}"
+    if dropped:
+        note += f"; settings of another version ignored: {', '.join(dropped)}"
+    return settings, note
 
 
 def read_events(tensorboard_dir: Path) -> list[tuple[str, int, float, object]]:
@@ -398,9 +406,8 @@ def assessment_text(a: Assessment | None, settings: GuardSettings) -> str:
         return a.note or "not enough readings"
     if a.growing:
         return describe(a, settings.horizon_s)
-    slope = a.slope_bytes_per_step
-    return (f"no sustained growth (floor {a.floor_bytes / GIB:.2f} GiB, trend {slope / MIB:+.2f} MiB/step, "
-            f"p={a.trend_p_value:.3f})")
+    return (f"flat: floor {a.floor_bytes / GIB:.2f} GiB, no sustained growth (trend "
+            f"{a.slope_bytes_per_second * 60 / MIB:+.2f} MiB/min, confidence of growth {a.trend_confidence:.2f})")
 
 
 # --------------------------------------------------------------------------------------------------
