@@ -128,8 +128,8 @@ def test_memory_cli_prints_json():
 
 def test_a_slow_step_still_gives_a_reading_every_interval_s(tmp_path):
     """Readings by time: while one step runs (a real sleep here), the background thread reads the probes every
-    interval_s; the step's end hands them over in time order, stamped with the last completed step, then
-    its own reading. Nothing mocked but NVML (no GPU here)."""
+    interval_s; the step's end hands them over in time order, stamped with the last completed step (its own
+    reading is not due: the last background one is under interval_s old). Nothing mocked but NVML (no GPU here)."""
     import time
 
     sampler = MemorySampler(interval_steps=100, interval_s=0.2, run_dir=tmp_path, nvml_probe=FakeNvml())
@@ -141,13 +141,15 @@ def test_a_slow_step_still_gives_a_reading_every_interval_s(tmp_path):
         assert sampler.due_samples(2) is samples  # monitor and guard share them
     finally:
         sampler.stop_background()
-    background, own = samples[:-1], samples[-1]
-    assert 4 <= len(background) <= 6, [s.time_s for s in samples]
-    assert all(s.step == 1 and s.raw["background"] for s in background)  # the last step that had ended
-    assert own.step == 2 and "background" not in own.raw  # due by time at the step's end
+    assert 4 <= len(samples) <= 6, [s.time_s for s in samples]
+    assert all(s.step == 1 and s.raw["background"] for s in samples)  # the last step that had ended
     times = [s.time_s for s in samples]
-    assert times == sorted(times) and all(b - a > 0.15 for a, b in zip(times, times[1:-1]))  # every interval_s
-    assert {"gpu0", "host"} <= set(background[0].pools)  # NVML's GPU: TensorFlow does not report it
+    assert times == sorted(times) and all(b - a > 0.15 for a, b in zip(times, times[1:]))  # every interval_s
+    assert {"gpu0", "host"} <= set(samples[0].pools)  # NVML's GPU: TensorFlow does not report it
+    assert sampler.last is samples[-1]
+    time.sleep(0.25)
+    (own,) = sampler.due_samples(3)  # interval_s since the last reading: the step end reads
+    assert own.step == 3 and "background" not in own.raw
     assert not sampler._thread and sampler.drain() == []
 
 

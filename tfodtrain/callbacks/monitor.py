@@ -12,9 +12,8 @@ What each pool's *used* and *limit* mean (the figures the guard watches):
 allocator's figure as the cross-check (they include the CUDA context and the allocator's free pool).
 
 Readings come by steps and by time: at the end of a step when `memory.interval_steps` steps or
-`memory.interval_s` seconds passed since the previous step-end reading, and from a background thread
-whenever no reading at all was taken for `memory.interval_s` seconds (a slow step, an evaluation, a
-save). The thread reads only the framework-free probes (host RSS and cgroup, NVML), never TensorFlow, so
+`memory.interval_s` seconds passed since the previous reading, and from a background thread whenever no
+reading at all was taken for `memory.interval_s` seconds (a slow step, an evaluation, a save). The thread reads only the framework-free probes (host RSS and cgroup, NVML), never TensorFlow, so
 a GPU that TensorFlow's allocator reports is read at step ends only (its figure is the allocator's, which
 NVML's cannot stand in for); its samples carry the last completed step and wait in a queue that the
 monitor and the guard take, in time order, at the next step end.
@@ -115,10 +114,14 @@ class MemorySampler:
         return latest
 
     def is_due(self, step: int, steps_per_execution: int = 1) -> bool:
-        """A step-end reading: a multiple of `interval_steps` crossed, or `interval_s` since the last one."""
+        """A step-end reading: a multiple of `interval_steps` crossed, or `interval_s` since the last reading
+        (the last step-end one when TensorFlow reports GPUs: background readings leave those out)."""
         if step // self.interval_steps != (step - steps_per_execution) // self.interval_steps:
             return True
-        return self.interval_s is not None and time.monotonic() - self._last_step_reading_at >= self.interval_s
+        if self.interval_s is None:
+            return False
+        since = self._last_step_reading_at if self._tf_pools else self._last_reading_at
+        return time.monotonic() - since >= self.interval_s
 
     def due_samples(self, step: int, steps_per_execution: int = 1) -> tuple:
         """The samples to act on at the end of step `step`, in time order: the background ones queued
