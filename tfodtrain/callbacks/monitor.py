@@ -90,6 +90,7 @@ class MemorySampler:
         self.host_probe = host_probe or default_host
         self.nvml_probe = nvml_probe or default_nvml
         self.last: MemorySample | None = None
+        self.peak_bytes: dict[str, int] = {}  # per pool, over every reading (the allocator's peaks included)
         self._clock_start = time.monotonic() - self._previous_time_s()
         # The probes and the queue are shared with the background thread: one lock, so samples are
         # taken and queued in time order (an uncontended lock costs well under a microsecond).
@@ -261,6 +262,9 @@ class MemorySampler:
         raw = {"step": step, "time_s": round(time_s, 3), "time_unix": time.time(), "host": host.to_dict(),
                "gpus": [g.to_dict() for g in gpus], "tf_allocator": allocator,
                "pools": {p.pool: {"used_bytes": p.used_bytes, "limit_bytes": p.limit_bytes} for p in pools.values()}}
+        for p in pools.values():
+            peak = max(p.used_bytes, int(p.extra_mib.get("tf_peak_mib", 0.0) * MIB))
+            self.peak_bytes[p.pool] = max(self.peak_bytes.get(p.pool, 0), peak)
         if background:
             raw["background"] = True
         else:

@@ -111,7 +111,7 @@ class ReviewSummaries(RunCallback):
         super().__init__()
         self.overrides = overrides
         self.peaks_mib: dict[str, float] = {}
-        self._seen_step = None
+        self._seen_sample = None
 
     def on_train_begin(self, logs=None):
         import tensorflow as tf
@@ -132,17 +132,18 @@ class ReviewSummaries(RunCallback):
         self._note_peaks()
 
     def _note_peaks(self) -> None:
+        # The sampler's own peaks: every reading counts, background ones between step ends included.
         sample = self.run.memory.last if self.run.memory is not None else None
-        if sample is None or sample.step == self._seen_step:
+        if sample is None or sample is self._seen_sample:
             return
-        self._seen_step = sample.step
-        for pool, reading in sample.pools.items():
-            used = max(reading.used_bytes / MIB, reading.extra_mib.get("tf_peak_mib", 0.0))
-            self.peaks_mib[pool] = max(self.peaks_mib.get(pool, 0.0), used)
+        self._seen_sample = sample
+        for pool, peak in self.run.memory.peak_bytes.items():
+            self.peaks_mib[pool] = max(self.peaks_mib.get(pool, 0.0), peak / MIB)
 
     def on_train_end(self, logs=None):
         import tensorflow as tf
 
+        self._seen_sample = None  # readings recorded at train end (the monitor's) count too
         self._note_peaks()
         step = int(self.model.optimizer.iterations.numpy())
         abort = self.run.abort
