@@ -199,6 +199,7 @@ class LeakGuard(RunCallback):
             "pools": {name: {"used_bytes": p.used_bytes, "limit_bytes": p.limit_bytes}
                       for name, p in sample.pools.items()},
             "checkpoint": checkpoint,
+            "insurance_checkpoints": self.insurance,  # saved at this process's warnings: step, pool, path, seconds, error
             "settings": self.settings.to_dict(),
             "leak_clues": self.clues.report(sample.step),
         }
