@@ -418,6 +418,10 @@ class NvmlProbe:
     own pid namespace but no access to the host's, NVML reports host pids, nothing matches and
     ``process_bytes`` reads 0 while the card is busy; compare with ``used_bytes`` there.
 
+    ``pids``, when given, replaces that set: a callable returning the PIDs whose bytes count as ours
+    (``python -m tfodtrain.watch`` passes the PIDs of the process tree it watches). ``listed_pids``
+    keeps, per NVML index, the PIDs of the last compute-process list read, ours or not.
+
     Example:
         >>> probe = NvmlProbe()
         >>> gpus = probe.read()          # [] on a machine without a GPU
@@ -425,8 +429,10 @@ class NvmlProbe:
         True
     """
 
-    def __init__(self, include_children: bool = False):
+    def __init__(self, include_children: bool = False, pids: Callable[[], Iterable[int]] | None = None):
         self.include_children = include_children
+        self._pids = pids
+        self.listed_pids: dict[int, set[int]] = {}
         self.available = False
         self.reason: str | None = "not initialised yet"
         self.driver_version: str | None = None
@@ -505,9 +511,12 @@ class NvmlProbe:
         """One reading per visible GPU; [] when NVML is unavailable."""
         if not self._initialise():
             return []
-        our_pids = {os.getpid()}
-        if self._children is not None:
-            our_pids |= self._children.pids()
+        if self._pids is not None:
+            our_pids = set(self._pids())
+        else:
+            our_pids = {os.getpid()}
+            if self._children is not None:
+                our_pids |= self._children.pids()
         return [self._read_device(index, cuda_index, our_pids) for index, cuda_index in self._devices]
 
     def _read_device(self, index: int, cuda_index: int | None, our_pids: set[int]) -> GpuReading:
@@ -516,7 +525,7 @@ class NvmlProbe:
             handle = self._handle(index)
             name, uuid = self._static_info(index, handle)
             memory = nvml.nvmlDeviceGetMemoryInfo(handle)
-            own, others = self._process_bytes(handle, our_pids)
+            own, others = self._process_bytes(handle, our_pids, index)
         except nvml.NVMLError as error:
             # Drop the cached handle: after a GPU reset it may be stale. Next read tries again.
             self._handles.pop(index, None)
@@ -550,11 +559,14 @@ class NvmlProbe:
             self._static[index] = (name, uuid)
         return self._static[index]
 
-    def _process_bytes(self, handle: Any, our_pids: set[int]) -> tuple[int | None, int]:
+    def _process_bytes(self, handle: Any, our_pids: set[int], index: int | None = None) -> tuple[int | None, int]:
         """(bytes of our pids, bytes of everyone else); ours is None when NVML hides the sizes."""
         own: int | None = 0
         others = 0
-        for process in self._nvml.nvmlDeviceGetComputeRunningProcesses(handle):
+        processes = self._nvml.nvmlDeviceGetComputeRunningProcesses(handle)
+        if index is not None:
+            self.listed_pids[index] = {int(process.pid) for process in processes}
+        for process in processes:
             used = process.usedGpuMemory  # None where the driver cannot attribute memory (WDDM)
             if process.pid in our_pids:
                 own = None if used is None or own is None else own + int(used)
