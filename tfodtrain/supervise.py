@@ -82,10 +82,13 @@ class Supervisor:
     """
 
     def __init__(self, command: list[str], run_dir: Path, max_restarts: int, backoff_s: float = 5.0,
-                 env: dict | None = None, checkpoint_dir: Path | None = None):
+                 env: dict | None = None, checkpoint_dir: Path | None = None, progress=None):
         self.command = list(command)
         self.run_dir = Path(run_dir)
         self.checkpoint_dir = Path(checkpoint_dir or self.run_dir / "checkpoints")
+        # progress(checkpoint_dir): the newest checkpoint's step, or any value that changes with each new
+        # save (tfodtrain.watch follows other trainers' save files); a restart that leaves it unchanged stops
+        self.progress = progress or latest_step
         self.max_restarts = int(max_restarts)
         self.backoff_s = float(backoff_s)
         self.env = dict(os.environ if env is None else env)
@@ -114,10 +117,10 @@ class Supervisor:
             if self.stop_signal is not None:  # came between two attempts
                 return 128 + self.stop_signal
             attempt = restarts + 1
-            started_step = latest_step(self.checkpoint_dir)
+            started_step = self.progress(self.checkpoint_dir)
             returncode = self._run_child(attempt, started_step)
             code = exit_code_of(returncode)
-            step = latest_step(self.checkpoint_dir)
+            step = self.progress(self.checkpoint_dir)
             cause, signame, restartable = describe_end(returncode)
             record = {"time": _now(), "attempt": attempt, "exit_code": code, "signal": signame, "cause": cause,
                       "started_step": started_step, "step": step, "restart": False, "delay_s": None}
