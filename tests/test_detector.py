@@ -75,7 +75,7 @@ def test_linear_leak_is_aborted_well_before_the_limit():
     death_t = 300 + (limit - 12 * GIB) / rate
     assert death_t - t >= 300  # minutes ahead, not seconds
     a = decision.assessment
-    assert a.growing and a.seconds_to_limit <= GuardSettings().horizon_s
+    assert a.growing and a.seconds_to_limit <= GuardSettings().long_horizon_s and a.window_seconds >= 3600
     assert a.projected_exhaustion_step > step and a.projected_exhaustion_time_s > t
     assert decision.reason.startswith("gpu0: memory grows")
     assert "40.0 GiB limit" in decision.reason
@@ -104,32 +104,76 @@ def test_leak_that_stops_well_below_the_limit_is_not_aborted():
     assert first_abort(lambda t: warm(leak(t), t, base=10 * GIB), limit=48 * GIB, seconds=10 * 3600) is None
 
 
-def test_leak_under_a_sawtooth_is_projected_from_its_peaks():
+def test_leak_under_a_sawtooth_is_caught_before_a_tooth_reaches_the_limit():
     limit = 40 * GIB
     rate = 20 * GIB / (5 * 3600)
     sawtooth = lambda t: 5 * GIB * ((t % 300) / 300)  # noqa: E731
-    hit = first_abort(lambda t: warm(rate * t + sawtooth(t), t), limit=limit, every_s=5.0)
+    level = lambda t: warm(rate * t + sawtooth(t), t)  # noqa: E731
+    hit = first_abort(level, limit=limit, every_s=5.0, noise=0.05 * GIB)
     assert hit is not None
-    a = hit[2].assessment
-    assert a.peak_headroom_bytes >= 4 * GIB  # the peaks, not the floor, reach the limit first
-    # The run would die when a tooth's peak reaches the limit: the abort comes before that.
-    assert a.floor_bytes + a.peak_headroom_bytes < limit + 1 * GIB
+    death = next(t for _, t, used in stream(level, every_s=5.0, noise=0.05 * GIB) if used >= limit)
+    assert death - hit[1] >= 60  # the run dies at a tooth's peak: the abort comes a minute before
 
 
-def test_warm_up_is_ignored():
+# --- fast leaks: filling memory in minutes, judged from the first minutes ------------------
+
+
+@pytest.mark.parametrize("minutes", [3, 5, 10])
+@pytest.mark.parametrize("start_s", [120.0, 1800.0])
+def test_a_leak_that_fills_memory_in_minutes_is_aborted_a_minute_ahead(minutes, start_s):
+    limit, base = 40 * GIB, 16 * GIB
+    rate = (limit - base) / (minutes * 60)
+    level = lambda t: warm(rate * max(0.0, t - start_s), t, base=base)  # noqa: E731
+    kw = dict(every_s=5.0, noise=0.3 * GIB, seconds=start_s + 2 * minutes * 60, seed=minutes)
+    hit = first_abort(level, limit=limit, **kw)
+    death = next(t for _, t, used in stream(level, **kw) if used >= limit)
+    assert hit is not None and death - hit[1] >= 60, (hit and hit[1], death)
+    assert hit[2].assessment.window["fast"] and hit[1] > start_s
+
+
+def test_the_start_up_is_discounted_only_while_the_floor_rises_and_at_most_two_minutes():
+    detector = TrendDetector("gpu0")
+    notes = [detector.update(i, 5.0 * i, int((10 + 0.1 * i) * GIB), 40 * GIB).note for i in range(1, 40)]
+    assert notes[0].startswith("start-up") and notes[22].startswith("start-up")  # 115 s, still rising
+    assert not any(note.startswith("start-up") for note in notes[24:])  # capped at 120 s
+    flat = TrendDetector("gpu0")
+    notes = [flat.update(i, 5.0 * i, int(10 * GIB), 40 * GIB).note for i in range(1, 20)]
+    assert not notes[10].startswith("start-up")  # levelled off: judged from the first minute
+
+
+def test_a_run_settling_after_a_slow_start_near_the_limit_is_not_aborted():
+    # the allocator grows into a working set 3% below the limit for 4 minutes
+    level = lambda t: 38.8 * GIB * (1 - 0.8 * math.exp(-t / 70.0))  # noqa: E731
+    assert first_abort(level, limit=40 * GIB, every_s=4.0, noise=0.02 * GIB, seconds=3 * 3600) is None
+
+
+def test_an_evaluation_spike_near_the_limit_is_not_a_fast_leak():
+    spikes = lambda t: 7 * GIB if (t + 700) % 1500 < 50 else 0  # noqa: E731
+    assert first_abort(lambda t: warm(spikes(t), t, base=30 * GIB), limit=40 * GIB, every_s=3.0,
+                       noise=0.3 * GIB, seconds=8 * 3600) is None
+
+
+def test_a_cache_that_fills_in_twenty_minutes_and_stops_at_85_percent_is_not_aborted():
+    fill = lambda t: 10 * GIB * min(1.0, max(0.0, (t - 3 * 3600) / 1200))  # noqa: E731
+    assert first_abort(lambda t: warm(fill(t), t, base=24 * GIB), limit=40 * GIB, every_s=5.0,
+                       noise=0.2 * GIB, seconds=6 * 3600) is None
+
+
+def test_an_explicit_warm_up_is_ignored():
     detector = TrendDetector("gpu0", warmup_s=600)
     a = detector.update(10, 30.0, 5 * GIB, 40 * GIB)
     assert not a.ready and a.note == "warming up"
 
 
 def test_window_never_exceeds_its_size():
-    detector = TrendDetector("gpu0", window_chunks=12, chunk_seconds=(60.0, 240.0))
+    detector = TrendDetector("gpu0", window_chunks=12, chunk_seconds=(60.0, 240.0), fast_chunk_seconds=(5.0,))
     for step, t, used in stream(lambda t: warm(0, t), seconds=12 * 3600, every_s=5.0):
         detector.update(step, t, used, 40 * GIB)
         for window in detector.windows:
-            assert len(window.chunks) <= 12
-            assert len(window.slopes) <= 12 * 11 // 2  # the pairwise slopes kept for the fit
-    assert all(len(w.chunks) == 12 for w in detector.windows)
+            size = 4 * 6 if window.fast else 12  # a fast window: its longest span, 4 x fast_min_chunks
+            assert len(window.chunks) <= size
+            assert len(window.slopes) <= size * (size - 1) // 2  # the pairwise slopes kept for the fit
+    assert [len(w.chunks) for w in detector.windows] == [12, 12, 24]
 
 
 def test_time_going_backwards_restarts_the_detector():
@@ -146,7 +190,8 @@ def test_time_going_backwards_restarts_the_detector():
 
 def test_settings_defaults_and_validation():
     s = GuardSettings()
-    assert s.mode == "abort" and s.horizon_s == 900 and s.warmup_s == 1200
+    assert s.mode == "abort" and s.horizon_s == 180 and s.long_horizon_s == 900 and s.warmup_s == 0
+    assert s.startup_s == 120 and s.fast_chunk_seconds == (5.0, 20.0)
     assert GuardSettings.from_mapping({"mode": "WARN", "horizon_s": "600", "chunk_seconds": [30, 120]}) == \
         GuardSettings(mode="warn", horizon_s=600.0, chunk_seconds=(30.0, 120.0))
     assert GuardSettings.from_mapping(None) == s
@@ -156,6 +201,7 @@ def test_settings_defaults_and_validation():
                        ({"window_chunks": 2.5}, "window_chunks must be a whole number"),
                        ({"confidence": 1.5}, "confidence must be in [0.5, 1)"),
                        ({"warn_horizon_s": 60}, "warn_horizon_s (60.0) must be >= horizon_s"),
+                       ({"fast_chunk_seconds": [5, -1]}, "fast_chunk_seconds must be a list of positive seconds"),
                        ({"on_abort_command": 3}, "on_abort_command must be"),
                        ({"min_readings": True}, "min_readings must be")]:
         with pytest.raises(ValueError) as error:
@@ -175,11 +221,15 @@ def _growing_assessment(seconds_to_limit, time_s=5000.0, pool="gpu1"):
 
 def test_policy_actions_and_reason_name_the_pool():
     policy = GuardPolicy(GuardSettings())
-    decision = policy.decide(_growing_assessment(570.0))
+    decision = policy.decide(_growing_assessment(150.0))
     assert decision.action == "abort"
     assert decision.reason.startswith("gpu1: memory grows 3.1 MiB/step (p<0.001)")
-    assert "in 9.5 min (< 15 min horizon)" in decision.reason
-    assert GuardPolicy(GuardSettings()).decide(_growing_assessment(1800.0)).action == "warn"
+    assert "in 2.5 min (< 3 min horizon)" in decision.reason
+    assert GuardPolicy(GuardSettings()).decide(_growing_assessment(570.0)).action == "warn"
+    long = _growing_assessment(570.0)
+    long.window_seconds = 4 * 3600  # growth sustained for hours: aborted on the long horizon
+    assert GuardPolicy(GuardSettings()).decide(long).action == "abort"
+    assert GuardPolicy(GuardSettings()).decide(_growing_assessment(1700.0)).action == "warn"
     assert GuardPolicy(GuardSettings()).decide(_growing_assessment(10 * 3600.0)).action == "ok"
 
 

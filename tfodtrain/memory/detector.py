@@ -46,9 +46,17 @@ from collections import deque
 from dataclasses import asdict, dataclass, field
 from typing import Deque, List, Optional, Sequence, Tuple
 
-DEFAULT_CHUNK_SECONDS = (60.0, 240.0, 960.0)
+DEFAULT_CHUNK_SECONDS = (60.0, 240.0, 960.0)  # long windows: 24 min, 1.6 h, 6.4 h
+DEFAULT_FAST_CHUNK_SECONDS = (5.0, 20.0)  # fast windows: the last 6, 12 and 24 chunks of 5 s and of 20 s
 DEFAULT_WINDOW_CHUNKS = 24
+DEFAULT_STARTUP_S = 120.0  # the start-up discount ends when the floor stops rising, at the latest here
+SETTLING_S = 600.0  # after a start-up still rising at its cap: how long slowing growth may be taken for it
 SEGMENTS = 4  # the floor must rise from each quarter of a window to the next to be sustained
+NOISE_PEAK_Z = 3.0  # a fast window's peaks reach at least this many noise sigmas above its trend
+FAST_RISE_SIGMAS = 6.0  # a 6-chunk fast window's rise, in reading-noise sigmas, to count as a regime (less when longer)
+FAST_ALPHA = 0.01  # Mann-Kendall level of a fast window: its rise and confirmations carry the rest
+FAST_CONFIRMATIONS = 3  # fits in a row (on successive chunks) in which a fast window must see growth,
+FAST_CONFIRM_S = 10.0  # or 2 fits this many seconds apart (sparse readings)
 
 
 @dataclass
@@ -125,27 +133,51 @@ class _Trend:
     headroom: float
     seconds_per_step: float
     summary: dict
+    recent_slope: float = 0.0  # Theil-Sen slope of the window's recent half
+    sigma: float = 0.0  # scatter of the floors around the line (MAD, as a normal sigma)
+    first_time: float = 0.0  # time of the window's first reading
+    settle_s: float = math.inf  # fast: time constant of growth that slows down (inf: it does not)
+    last_time: float = math.inf  # time of the last chunk's floor
 
     def floor_at(self, time_s: float) -> float:
-        return self.intercept + self.slope_per_s * time_s
+        """The floor at ``time_s``: on the line up to the window's last chunk, then onwards at the
+        slower of the line's and the recent half's pace."""
+        if time_s <= self.last_time:
+            return self.intercept + self.slope_per_s * time_s
+        end = self.intercept + self.slope_per_s * self.last_time
+        return end + min(self.slope_per_s, self.recent_slope) * (time_s - self.last_time)
 
 
 class _Window:
-    """A sliding window of at most ``max_chunks`` chunk summaries, refitted when a chunk closes."""
+    """A sliding window of at most ``max_chunks`` chunk summaries, refitted when a chunk closes.
+
+    ``fast``: a window of seconds-long chunks that looks for a new linear regime (fast leaks): it
+    counts the chunks that hold readings, so when readings are sparser than its chunks it holds the
+    last ``max_chunks`` readings, whatever their pace.
+    """
 
     def __init__(self, chunk_seconds: float, max_chunks: int, min_chunks: int, sustain_ratio: float,
-                 slope_z: float):
+                 slope_z: float, fast: bool = False):
         self.chunk_seconds = float(chunk_seconds)
         self.chunks: Deque[_Chunk] = deque(maxlen=max_chunks)
         self.open: Optional[_Chunk] = None
         self.min_chunks = min_chunks
         self.sustain_ratio = sustain_ratio
         self.slope_z = slope_z
+        self.fast = fast
         self.slopes: List[float] = []  # sorted slopes between all pairs of chunk floors
         self.trend: Optional[_Trend] = None
+        self.trends: List[_Trend] = []  # fast: one fit per span of the latest chunks
+        self.fits = 0  # fits made so far
+        self.noise = 0.0  # fast: the reading noise (sigma), kept up to date by the detector
+        self.judged_from = math.inf  # fast: when the start-up ended (set by the detector)
+        self.streak, self.streak_fits = 0, 0  # fast: fits in a row that saw a new regime; the last one counted
+        self.streak_since = 0.0  # fast: when the streak began
 
     @property
     def seconds(self) -> float:
+        if self.fast and len(self.chunks) >= 2:
+            return self.chunks[-1].last_time - self.chunks[0].first_time
         return self.chunk_seconds * self.chunks.maxlen
 
     def add(self, step: int, time_s: float, used: int) -> None:
@@ -158,6 +190,22 @@ class _Window:
         self.open = _Chunk.start(key, step, time_s, used)
 
     def _close(self, chunk: _Chunk) -> None:
+        if self.fast:
+            # A new regime may have begun a few chunks ago or many: fit the latest min_chunks, twice
+            # and four times as many (up to the whole window), each on its own.
+            self.chunks.append(chunk)
+            chunks = list(self.chunks)
+            spans = {min(len(chunks), self.min_chunks * k) for k in (1, 2, 4)}
+            # and the readings since the start-up ended (spans reaching into it only show settling)
+            since = sum(1 for c in chunks if c.first_time >= self.judged_from)
+            spans = sorted(spans | ({since} if self.min_chunks <= since < len(chunks) else set()))
+            # Cheap gate first (most readings of most runs): a span whose last third does not lie
+            # above its first third by the noise cannot hold a new regime, so it is not fitted.
+            self.trends = [t for t in (fit_trend(chunks[-span:], self.min_chunks, self.sustain_ratio, self.slope_z,
+                                                 fast=True) for span in spans
+                                       if _rises(chunks[-span:], self.noise)) if t is not None]
+            self.fits += 1
+            return
         # Keep the pairwise slopes sorted as the window slides: O(n log n) per chunk instead of
         # recomputing all n² pairs.
         kept = list(self.chunks)
@@ -169,6 +217,12 @@ class _Window:
             bisect.insort(self.slopes, _slope(other, chunk))
         self.chunks.append(chunk)  # deque(maxlen) drops the oldest: bounded window
         self.trend = fit_trend(list(self.chunks), self.min_chunks, self.sustain_ratio, self.slope_z, self.slopes)
+        self.trends = [self.trend] if self.trend is not None else []
+
+
+def _rises(chunks: Sequence[_Chunk], noise: float) -> bool:
+    third = max(1, len(chunks) // 3)
+    return _median([c.min_used for c in chunks[-third:]]) - _median([c.min_used for c in chunks[:third]]) >= noise
 
 
 def _slope(earlier: _Chunk, later: _Chunk) -> float:
@@ -182,10 +236,12 @@ def _remove_sorted(values: List[float], value: float) -> None:
 
 
 def fit_trend(chunks: Sequence[_Chunk], min_chunks: int, sustain_ratio: float, slope_z: float,
-              slopes: Optional[List[float]] = None) -> Optional[_Trend]:
+              slopes: Optional[List[float]] = None, fast: bool = False) -> Optional[_Trend]:
     """Theil-Sen line and Mann-Kendall test on the chunk floors; ``None`` below ``min_chunks``.
 
     ``slopes``: the sorted pairwise slopes of the floors, if kept up to date by the caller.
+    ``fast``: a fast window's headroom is its noise peaks (at least ``NOISE_PEAK_Z`` sigmas of the
+    floors around the line), without the stair term of the long windows.
     """
     n = len(chunks)
     if n < min_chunks:
@@ -195,25 +251,71 @@ def fit_trend(chunks: Sequence[_Chunk], min_chunks: int, sustain_ratio: float, s
     if slopes is None:
         slopes = pairwise_slopes(xs, ys)  # chunk times increase, so every pair counts
     slope, slope_low = theil_sen_slope(xs, ys, slope_z, slopes)
-    intercept = _median([y - slope * x for x, y in zip(xs, ys)])
+    residuals = [y - slope * x for x, y in zip(xs, ys)]
+    intercept = _median(residuals)
     quarters = [_median(ys[i * n // SEGMENTS:(i + 1) * n // SEGMENTS]) for i in range(SEGMENTS)]
     rises = [b - a for a, b in zip(quarters, quarters[1:])]
     sustained = min(rises) > 0 and min(rises) >= sustain_ratio * max(rises)
+    if fast and sustained:
+        sustained = _grows_without_its_largest_jump(xs, ys, slope)
     peaks = max(c.max_used - (intercept + slope * c.max_time) for c in chunks)
-    # A staircase dies at its next stair, so a stair's height is headroom too. A stair is a jump
-    # of the floor from one chunk to the next beyond the trend; the second largest counts, so a
-    # single step up (healthy) does not.
-    jumps = sorted(b.min_used - a.min_used - slope * (b.min_time - a.min_time) for a, b in zip(chunks[:-1], chunks[1:]))
-    stair = jumps[-2] if len(jumps) >= 2 else 0.0
+    # Scatter of the floors around the line (MAD): the noise a fast window's projection must clear.
+    sigma = 1.4826 * _median([abs(r - intercept) for r in residuals])
+    if fast:
+        stair = 0.0
+        peaks = max(peaks, NOISE_PEAK_Z * sigma)  # reported; the projection uses the reading noise
+    else:
+        # A staircase dies at its next stair, so a stair's height is headroom too. A stair is a jump
+        # of the floor from one chunk to the next beyond the trend; the second largest counts, so a
+        # single step up (healthy) does not.
+        jumps = sorted(b.min_used - a.min_used - slope * (b.min_time - a.min_time)
+                       for a, b in zip(chunks[:-1], chunks[1:]))
+        # Chunk floors jump by noise too: only what stands out of their usual jumps is a stair.
+        spread = 1.4826 * _median([abs(j - _median(jumps)) for j in jumps]) if jumps else 0.0
+        stair = jumps[-2] - 3.0 * spread if len(jumps) >= 2 else 0.0
+    # Growth that slows down (a cache filling up, fragmentation levelling off, the allocator's
+    # start) is projected at the pace of the window's recent half, when that is slower.
+    half = n // 2
+    recent_slope = theil_sen_slope(xs[half:], ys[half:], slope_z)[0] if n - half >= 3 else slope
+    # A fast window whose growth slows down (an allocator filling its working set, a cache nearly
+    # full) approaches a level: its time constant, from the slopes of its two halves.
+    settle_s = math.inf
+    if fast and half >= 3:
+        early = theil_sen_slope(xs[:half], ys[:half], slope_z)[0]
+        if 0 < recent_slope < early:
+            settle_s = (_median(xs[half:]) - _median(xs[:half])) / math.log(early / recent_slope)
+            # the recent half's slope holds at its middle; by its end it has slowed down further
+            recent_slope *= math.exp(-(xs[-1] - _median(xs[half:])) / settle_s)
+    # The floor now: the line, unless the latest floors, carried forward at the recent pace, lie
+    # below it (a curve bending over).
+    last_time = xs[-1]
+    recent_floor = _median([y + min(slope, recent_slope) * (last_time - x) for x, y in zip(xs[-3:], ys[-3:])]) \
+        - slope * last_time
+    # The floor now: the line, unless the latest floors lie below it (a curve bending over).
     steps = chunks[-1].last_step - chunks[0].first_step
     seconds = chunks[-1].last_time - chunks[0].first_time
     summary = {"n_chunks": n, "n_readings": sum(c.count for c in chunks), "span_s": round(seconds, 2),
                "min_used_bytes": min(c.min_used for c in chunks),
                "median_floor_bytes": int(_median(ys)),
                "max_used_bytes": max(c.max_used for c in chunks)}
-    return _Trend(slope, slope_low, intercept, mann_kendall_p(ys, slopes), sustained,
+    return _Trend(slope, slope_low, min(intercept, recent_floor), mann_kendall_p(ys, slopes), sustained,
                   headroom=max(0.0, peaks) + max(0.0, stair),
-                  seconds_per_step=seconds / steps if steps > 0 else 0.0, summary=summary)
+                  seconds_per_step=seconds / steps if steps > 0 else 0.0, summary=summary,
+                  recent_slope=recent_slope, sigma=sigma, first_time=chunks[0].first_time, settle_s=settle_s,
+                  last_time=last_time)
+
+
+def _grows_without_its_largest_jump(xs: Sequence[float], ys: Sequence[float], slope: float) -> bool:
+    """A single jump (a one-time step, the start of an evaluation spike) is not a new regime:
+    take the largest jump of the floor out, and what is left must still grow (Mann-Kendall at
+    p <= 0.01). A staircase of several stairs or a ramp still does."""
+    jumps = [(y1 - y0) - slope * (x1 - x0) for x0, x1, y0, y1 in zip(xs, xs[1:], ys, ys[1:])]
+    at = max(range(len(jumps)), key=jumps.__getitem__)
+    height = ys[at + 1] - ys[at]
+    if height <= 0:
+        return True
+    flattened = [y - height if i > at else y for i, y in enumerate(ys)]
+    return mann_kendall_p(flattened) <= 0.01
 
 
 def pairwise_slopes(xs: Sequence[float], ys: Sequence[float]) -> List[float]:
@@ -285,38 +387,49 @@ def _median(values: Sequence[float]) -> float:
 class TrendDetector:
     """Online trend detector for one memory pool; call ``update`` with every reading.
 
-    The warm-up counts from the first reading this detector sees (so a resumed run warms up
-    again). If step or time goes backwards (a new process appending to the same trace), the
-    detector starts over.
+    Start-up: readings are discounted while the floor still rises after a fast start (allocator
+    growth, the first tracing), for ``startup_s`` seconds at most, counted from the first reading
+    this detector sees (so a resumed run is discounted again). If step or time goes backwards (a new
+    process appending to the same trace), the detector starts over.
 
     Example::
 
-        detector = TrendDetector("gpu0", warmup_s=1200)
+        detector = TrendDetector("gpu0")
         assessment = detector.update(step=1200, time_s=900.0, used_bytes=12 << 30, limit_bytes=80 << 30)
     """
 
     def __init__(self, pool: str, *, chunk_seconds: Sequence[float] = DEFAULT_CHUNK_SECONDS,
+                 fast_chunk_seconds: Sequence[float] = DEFAULT_FAST_CHUNK_SECONDS,
                  window_chunks: int = DEFAULT_WINDOW_CHUNKS, min_chunks: Optional[int] = None,
-                 warmup_s: float = 1200.0, warmup_steps: int = 0, min_readings: int = 30,
-                 alpha: float = 0.001, sustain_ratio: float = 0.2, projection_confidence: float = 0.99):
+                 fast_min_chunks: int = 6, startup_s: float = DEFAULT_STARTUP_S, warmup_s: float = 0.0,
+                 warmup_steps: int = 0, min_readings: int = 6, alpha: float = 0.001, sustain_ratio: float = 0.2,
+                 projection_confidence: float = 0.99):
         self.pool = pool
         self.alpha = alpha
+        self.startup_s = startup_s
         self.warmup_s = warmup_s
         self.warmup_steps = warmup_steps
         self.min_readings = min_readings
         min_chunks = min_chunks if min_chunks is not None else max(6, window_chunks // 2)
         slope_z = statistics.NormalDist().inv_cdf(projection_confidence)
-        self._window_args = (min_chunks, sustain_ratio, slope_z)
-        self._chunk_seconds = tuple(chunk_seconds)
+        self._window_specs = [(seconds, min_chunks, False) for seconds in chunk_seconds] + \
+                             [(seconds, fast_min_chunks, True) for seconds in fast_chunk_seconds]
+        self._window_args = (sustain_ratio, slope_z)
         self._window_chunks = window_chunks
         self._restart()
 
     def _restart(self) -> None:
         self.windows: List[_Window] = [
-            _Window(seconds, self._window_chunks, *self._window_args) for seconds in self._chunk_seconds]
-        self.readings = 0  # readings after the warm-up
+            _Window(seconds, 4 * min_chunks if fast else self._window_chunks, min_chunks, *self._window_args, fast=fast)
+            for seconds, min_chunks, fast in self._window_specs]
+        self.readings = 0  # readings after the start-up
         self._first: Optional[Tuple[int, float]] = None  # (step, time) of the first reading
         self._last: Optional[Tuple[int, float]] = None
+        self._startup: Optional[List[int]] = []  # readings of the start-up; None once it is over
+        self._startup_end: Optional[float] = None
+        self._startup_capped = False  # the start-up ended at its cap, the floor still rising
+        self._differences: Deque[int] = deque(maxlen=64)  # reading-to-reading changes (the noise)
+        self._previous_used: Optional[int] = None
 
     def update(self, step: int, time_s: float, used_bytes: int, limit_bytes: int) -> Assessment:
         """Add one reading and assess the pool from everything seen so far."""
@@ -330,43 +443,158 @@ class TrendDetector:
         if time_s - self._first[1] < self.warmup_s or step - self._first[0] < self.warmup_steps:
             base.note = "warming up"
             return base
+        if self._in_startup(time_s, used_bytes, limit_bytes):
+            # The fast windows keep the start-up as context (so that growth settling after it
+            # shows as such); nothing is judged on it.
+            for window in self.windows:
+                if window.fast:
+                    window.add(step, time_s, used_bytes)
+            base.note = "start-up: the floor still rises"
+            return base
         self.readings += 1
+        if self._previous_used is not None:
+            self._differences.append(used_bytes - self._previous_used)
+        self._previous_used = used_bytes
+        if self.readings % 8 == 1:
+            noise = self._reading_noise(limit_bytes)
+            for window in self.windows:
+                window.noise = noise
         for window in self.windows:
             window.add(step, time_s, used_bytes)
         if self.readings < self.min_readings:
-            base.note = f"{self.readings} of {self.min_readings} readings after the warm-up"
+            base.note = f"{self.readings} of {self.min_readings} readings after the start-up"
             return base
         return self._assess(base)
+
+    def _startup_cap(self) -> float:
+        """When the start-up discount ends at the latest: ``startup_s`` into the run (``time_s``
+        counts from the run's start), or after the first reading of a resumed run."""
+        first = self._first[1]
+        return self.startup_s if first < self.startup_s else first + self.startup_s
+
+    def _in_startup(self, time_s: float, used: int, limit: int) -> bool:
+        """The start-up discount, on evidence in the readings alone: it ends when the last quarter
+        of its readings (at least 3) sets no new high above the earlier ones by more than 0.5% of
+        the limit, or after ``startup_s``."""
+        if self._startup is None:
+            return False
+        self._startup.append(used)
+        readings = self._startup
+        over = time_s >= self._startup_cap()
+        if not over and len(readings) >= 8:
+            recent = max(3, len(readings) // 4)
+            over = max(readings[-recent:]) <= max(readings[:-recent]) + 0.005 * max(limit, 0)
+        if over:
+            self._startup_capped = time_s >= self._startup_cap()
+            self._startup = None
+            self._startup_end = time_s
+            for window in self.windows:
+                window.judged_from = time_s
+            return False
+        return True
 
     def _assess(self, base: Assessment) -> Assessment:
         # Rank the windows cheaply first; build the full assessment only for the one that speaks.
         best, best_key = None, None
+        noise = None
+        # A start-up still rising at its cap that now slows down is the allocator settling: while
+        # it slows down, in the run's first SETTLING_S, the fast windows do not speak (the long
+        # windows still do). A start-up that levelled off before its cap gets no such allowance.
+        settling_start = self._startup_capped and base.time_s - self._first[1] < SETTLING_S and any(
+            w.fast and w.trends and math.isfinite(w.trends[-1].settle_s) for w in self.windows)
         for window in self.windows:
-            trend = window.trend
-            if trend is None:
-                continue
-            growing = trend.p_value <= self.alpha and trend.sustained and trend.slope_low_per_s > 0
-            seconds = self._seconds_to_limit(trend, base) if growing else math.inf
-            key = (not growing, seconds, trend.p_value)  # growing first, then the sooner, then surer
-            if best_key is None or key < best_key:
-                best, best_key = window, key
+            if window.fast and window.trends:
+                noise = noise if noise is not None else self._reading_noise(base.limit_bytes)
+                if window.streak_fits != window.fits:  # a new fit: growth seen once more, or not
+                    window.streak_fits = window.fits
+                    seen = any(self._fast_regime(trend, base, noise) for trend in window.trends)
+                    window.streak = window.streak + 1 if seen else 0
+                    window.streak_since = window.streak_since if window.streak > 1 else base.time_s
+            # The window's longest view since the start-up settling below the limit (growth that
+            # slows down to a level it can hold) speaks for its shorter ones too.
+            judged = [t for t in window.trends if t.first_time >= window.judged_from] if window.fast else []
+            settling = settling_start or bool(judged) and math.isfinite(judged[-1].settle_s) \
+                and not math.isfinite(self._seconds_to_limit(judged[-1], base, noise))
+            for trend in window.trends:
+                if window.fast:
+                    confirmed = window.streak >= FAST_CONFIRMATIONS or (
+                        window.streak >= 2 and base.time_s - window.streak_since >= FAST_CONFIRM_S)
+                    growing = confirmed and not settling \
+                        and self._fast_regime(trend, base, noise)
+                else:
+                    growing = trend.p_value <= self.alpha and trend.sustained and trend.slope_low_per_s > 0
+                seconds = self._seconds_to_limit(trend, base, noise if window.fast else None) if growing else math.inf
+                key = (not growing, seconds, trend.p_value)  # growing first, then the sooner, then surer
+                if best_key is None or key < best_key:
+                    best, best_key = (window, trend), key
         if best is None:
             base.note = "not enough history for a trend yet"
             return base
-        return self._assessment(base, best, growing=not best_key[0], seconds=best_key[1])
+        return self._assessment(base, *best, growing=not best_key[0], seconds=best_key[1],
+                                noise=noise if best[0].fast else None)
+
+    def _reading_noise(self, limit: int) -> float:
+        """Sigma of the reading noise, from the spread of recent reading-to-reading changes (MAD:
+        a leak's steady growth and rare jumps do not move it); at least 0.2% of the limit."""
+        floor = 0.002 * max(limit, 0)
+        if len(self._differences) < 4:
+            return floor
+        center = _median(self._differences)
+        return max(floor, 1.4826 * _median([abs(d - center) for d in self._differences]) / math.sqrt(2.0))
+
+    def _fast_regime(self, trend: _Trend, base: Assessment, noise: float) -> bool:
+        """A fast window sees a new linear regime: a significant, sustained rise of at least
+        ``FAST_RISE_SIGMAS`` reading-noise sigmas over its span, into new territory, on track now."""
+        if not (trend.p_value <= FAST_ALPHA and trend.sustained and trend.slope_low_per_s > 0):
+            return False
+        if self._startup_end is not None and trend.first_time < self._startup_end:
+            return False  # the start-up is context (for settling), never the growth itself
+        # A short window needs a larger rise: a few readings climb a couple of sigmas by chance.
+        n = trend.summary["n_chunks"]
+        if trend.slope_per_s * trend.summary["span_s"] < FAST_RISE_SIGMAS * math.sqrt(6.0 / n) * noise:
+            return False
+        return self._new_territory(trend, base.time_s, noise) and self._still_on_track(trend, base, noise)
+
+    def _new_territory(self, trend: _Trend, time_s: float, noise: float) -> bool:
+        """A fast window's growth counts only where memory goes higher than it went before the
+        window began (by more than twice the noise): a sawtooth's ramp, or a climb back after a
+        dip, stays within ground already covered."""
+        before = trend.first_time
+        prior = [c.max_used for w in self.windows for c in w.chunks if c.last_time < before]
+        if not prior:
+            return True
+        return trend.floor_at(time_s) > max(prior) - 2.0 * noise
 
     @staticmethod
-    def _seconds_to_limit(trend: _Trend, base: Assessment) -> float:
-        # Even the slowest growth the readings allow (the slope's lower bound) must exhaust
-        # memory soon: a barely significant drift near the limit is not a fast leak.
+    def _still_on_track(trend: _Trend, base: Assessment, noise: float) -> bool:
+        """The reading now must not fall well below a fast window's line: the top of a spike, or
+        a step that is over, bends away from it at once; a leak's readings keep to it."""
+        return base.used_bytes >= trend.floor_at(base.time_s) - NOISE_PEAK_Z * noise
+
+    @staticmethod
+    def _seconds_to_limit(trend: _Trend, base: Assessment, noise: Optional[float] = None) -> float:
+        # Even the slowest growth the readings allow (the slope's lower bound, or the recent half's
+        # pace when growth slows down) must exhaust memory soon: a barely significant drift near
+        # the limit, or growth that levels off, is not a fast leak.
         if base.limit_bytes <= 0:  # no known limit: nothing to project to
             return math.inf
-        left = base.limit_bytes - (trend.floor_at(base.time_s) + trend.headroom)
-        return max(0.0, left / trend.slope_low_per_s)
+        slope = min(trend.slope_low_per_s, trend.recent_slope)
+        if slope <= 0:
+            return math.inf
+        # A fast window's peaks are the reading noise above the floor (its residuals from a line
+        # also hold the bend of a curve, which is no headroom).
+        headroom = trend.headroom if noise is None else NOISE_PEAK_Z * noise
+        left = base.limit_bytes - (trend.floor_at(base.time_s) + headroom)
+        if left <= 0:
+            return 0.0
+        if math.isfinite(trend.settle_s):  # slowing down: it rises at most slope * settle_s more
+            reach = trend.recent_slope * trend.settle_s
+            return math.inf if left >= reach else -trend.settle_s * math.log(1.0 - left / reach)
+        return left / slope
 
     @staticmethod
-    def _assessment(base: Assessment, window: _Window, growing: bool, seconds: float) -> Assessment:
-        trend = window.trend
+    def _assessment(base: Assessment, window: _Window, trend: _Trend, growing: bool, seconds: float,
+                    noise: Optional[float] = None) -> Assessment:
         a = Assessment(base.pool, base.step, base.time_s, base.used_bytes, base.limit_bytes, ready=True)
         a.slope_bytes_per_second = trend.slope_per_s
         a.slope_low_bytes_per_second = trend.slope_low_per_s
@@ -374,9 +602,9 @@ class TrendDetector:
         a.trend_p_value = trend.p_value
         a.trend_confidence = 1.0 - trend.p_value
         a.floor_bytes = int(trend.floor_at(base.time_s))
-        a.peak_headroom_bytes = int(trend.headroom)
-        a.window_seconds = window.seconds
-        a.window = dict(trend.summary)
+        a.peak_headroom_bytes = int(trend.headroom if noise is None else NOISE_PEAK_Z * noise)
+        a.window_seconds = trend.summary["span_s"] if window.fast else window.seconds
+        a.window = dict(trend.summary, fast=window.fast)
         a.growing = growing
         if growing and math.isfinite(seconds):
             a.seconds_to_limit = seconds

@@ -40,7 +40,8 @@ class MemoryGuard:
         if detector is None:
             s = self.settings
             detector = TrendDetector(
-                pool, chunk_seconds=s.chunk_seconds, window_chunks=s.window_chunks,
+                pool, chunk_seconds=s.chunk_seconds, fast_chunk_seconds=s.fast_chunk_seconds,
+                window_chunks=s.window_chunks, fast_min_chunks=s.fast_min_chunks, startup_s=s.startup_s,
                 warmup_steps=s.warmup_steps, warmup_s=s.warmup_s, alpha=1.0 - s.confidence,
                 sustain_ratio=s.sustain_ratio, min_readings=s.min_readings,
                 projection_confidence=s.projection_confidence)

@@ -19,9 +19,11 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional, Tuple
 
-from tfodtrain.memory.detector import DEFAULT_CHUNK_SECONDS, DEFAULT_WINDOW_CHUNKS, Assessment
+from tfodtrain.memory.detector import (DEFAULT_CHUNK_SECONDS, DEFAULT_FAST_CHUNK_SECONDS, DEFAULT_STARTUP_S,
+                                       DEFAULT_WINDOW_CHUNKS, Assessment)
 
 MODES = ("abort", "warn", "off")
+LONG_WINDOW_S = 3600.0  # growth sustained over a window this long is judged on long_horizon_s
 ACTIONS = ("ok", "warn", "abort")
 GIB = float(1 << 30)
 MIB = float(1 << 20)
@@ -37,19 +39,27 @@ class GuardSettings:
     mode: str = "abort"
     """``abort``: checkpoint and exit 75 when a leak would exhaust memory within ``horizon_s``;
     ``warn``: only log; ``off``: watch nothing."""
-    warmup_s: float = 1200.0
-    """Seconds from the first reading during which readings are ignored: allocator growth, first
-    compilations and evaluations make early memory climb in steps that are not leaks."""
+    startup_s: float = DEFAULT_STARTUP_S
+    """At most this many seconds from the first reading are discounted as start-up (allocator
+    growth, first tracing), and only while the readings show the floor still rising."""
+    warmup_s: float = 0.0
+    """Extra seconds from the first reading during which readings are ignored (none by default:
+    the start-up discount needs no blind time)."""
     warmup_steps: int = 0
-    """Steps during which readings are ignored; both warm-ups must pass."""
-    min_readings: int = 30
-    """Readings after the warm-up before any decision."""
+    """Steps during which readings are ignored (none by default)."""
+    min_readings: int = 6
+    """Readings after the start-up before any decision."""
     chunk_seconds: Tuple[float, ...] = DEFAULT_CHUNK_SECONDS
-    """Chunk length of each window, seconds; one window per value (short ones react to fast
-    leaks, long ones see slow leaks and rare stairs)."""
+    """Chunk length of each long window, seconds; one window per value (they see slow leaks, rare
+    stairs and rare spikes)."""
+    fast_chunk_seconds: Tuple[float, ...] = DEFAULT_FAST_CHUNK_SECONDS
+    """Chunk length of each fast window, seconds: the last ``window_chunks`` chunks that hold
+    readings, tested for a new linear regime (leaks that fill memory in minutes). Empty: none."""
     window_chunks: int = DEFAULT_WINDOW_CHUNKS
-    """Chunks per window (its size): a window spans ``window_chunks * chunk_seconds`` and judges
+    """Chunks per window (its size): a long window spans ``window_chunks * chunk_seconds`` and judges
     once half full."""
+    fast_min_chunks: int = 6
+    """Chunks a fast window needs before it judges."""
     confidence: float = 0.999
     """Confidence the Mann-Kendall test needs to call the floor growing (p <= 1 - confidence)."""
     projection_confidence: float = 0.99
@@ -59,12 +69,19 @@ class GuardSettings:
     """Sustained growth: the floor must rise from each quarter of a window to the next, the
     smallest of the three rises at least this fraction of the largest (a one-time step up
     raises at most two)."""
-    horizon_s: float = 900.0
-    """Abort when memory is projected to reach the limit within this many seconds."""
-    warn_horizon_s: float = 3600.0
-    """Warn when memory is projected to reach the limit within this many seconds."""
+    horizon_s: float = 180.0
+    """Abort when memory is projected to reach the limit within this many seconds. It covers the
+    minute a user needs, an abort checkpoint's save, and the start of the next reading; the
+    insurance checkpoint of the first warning lets it wait this close to the limit."""
+    long_horizon_s: float = 900.0
+    """The abort horizon for growth sustained over a window of an hour or more: a cache or a
+    one-time fill cannot rise steadily that long, and a slow leak's peaks (spikes, outliers) are
+    best left well clear of the limit."""
+    warn_horizon_s: float = 1800.0
+    """Warn when memory is projected to reach the limit within this many seconds (in training, the
+    first warning of a pool also saves an insurance checkpoint)."""
     warn_every_s: float = 600.0
-    """A warning for a pool is repeated at most this often (unless its action changes)."""
+    """A warning for a pool is repeated at most this often."""
     on_abort_command: Optional[str] = None
     """Shell command the training callback runs after the abort checkpoint (e.g. a notifier)."""
 
@@ -78,15 +95,22 @@ class GuardSettings:
             raise ValueError(f"leak guard: sustain_ratio must be in (0, 1], got {self.sustain_ratio!r}")
         if self.window_chunks < 8:
             raise ValueError(f"leak guard: window_chunks must be at least 8, got {self.window_chunks!r}")
+        if any(s <= 0 for s in self.fast_chunk_seconds):
+            raise ValueError("leak guard: fast_chunk_seconds must be a list of positive seconds, e.g. [5, 20], "
+                             f"got {list(self.fast_chunk_seconds)!r}")
+        if self.fast_min_chunks < 5:
+            raise ValueError(f"leak guard: fast_min_chunks must be at least 5, got {self.fast_min_chunks!r}")
         if not self.chunk_seconds or any(s <= 0 for s in self.chunk_seconds):
             raise ValueError("leak guard: chunk_seconds must be a non-empty list of positive seconds, "
                              f"e.g. [60, 240, 960], got {list(self.chunk_seconds)!r}")
-        for name in ("warmup_s", "warmup_steps", "min_readings", "horizon_s", "warn_horizon_s", "warn_every_s"):
+        for name in ("startup_s", "warmup_s", "warmup_steps", "min_readings", "horizon_s", "long_horizon_s",
+                     "warn_horizon_s", "warn_every_s"):
             if getattr(self, name) < 0:
                 raise ValueError(f"leak guard: {name} must be >= 0, got {getattr(self, name)!r}")
-        if self.warn_horizon_s < self.horizon_s:
+        if self.warn_horizon_s < max(self.horizon_s, self.long_horizon_s):
             raise ValueError(f"leak guard: warn_horizon_s ({self.warn_horizon_s}) must be >= horizon_s "
-                             f"({self.horizon_s}): the warning comes before the abort")
+                             f"({self.horizon_s}) and long_horizon_s ({self.long_horizon_s}): the warning comes "
+                             "before the abort")
 
     @classmethod
     def from_mapping(cls, values: Optional[Mapping[str, Any]]) -> "GuardSettings":
@@ -106,6 +130,7 @@ class GuardSettings:
     def to_dict(self) -> dict:
         data = dataclasses.asdict(self)
         data["chunk_seconds"] = list(self.chunk_seconds)
+        data["fast_chunk_seconds"] = list(self.fast_chunk_seconds)
         return data
 
 
@@ -119,12 +144,13 @@ def _convert(name: str, value: Any, default: Any) -> Any:
         if isinstance(value, str) and value.strip().lower() in MODES:
             return value.strip().lower()
         raise ValueError(f"leak guard: mode must be one of {', '.join(MODES)}, got {value!r}")
-    if name == "chunk_seconds":
+    if name in ("chunk_seconds", "fast_chunk_seconds"):
         items = value if isinstance(value, (list, tuple)) else [value]
+        example = "[60, 240, 960]" if name == "chunk_seconds" else "[5, 20]"
         try:
             return tuple(_number(name, item, float) for item in items)
         except ValueError:
-            raise ValueError("leak guard: chunk_seconds must be a list of positive seconds, e.g. [60, 240, 960], "
+            raise ValueError(f"leak guard: {name} must be a list of positive seconds, e.g. {example}, "
                              f"got {value!r}") from None
     kind = int if isinstance(default, int) else float
     return _number(name, value, kind)
@@ -170,13 +196,14 @@ class GuardPolicy:
 
     ``abort`` when memory grows (with the configured confidence, sustained) and the projected
     exhaustion, peaks included, is within ``horizon_s``; ``warn`` within ``warn_horizon_s``, at
-    most every ``warn_every_s`` unless the action changes. Warn mode never aborts; off never acts.
+    most every ``warn_every_s`` (sooner only to escalate). Warn mode never aborts; off never acts.
     """
 
     def __init__(self, settings: Optional[GuardSettings] = None):
         self.settings = settings or GuardSettings()
         self._last_action = "ok"
         self._last_warn_time: Optional[float] = None
+        self._last_warn_horizon: Optional[str] = None
 
     def decide(self, assessment: Assessment) -> Decision:
         """The action for this assessment; a warning that is not yet due again comes back as a
@@ -187,15 +214,16 @@ class GuardPolicy:
             self._last_action = "ok"
             return decision
         seconds = assessment.seconds_to_limit
-        if seconds <= s.horizon_s:
+        abort_horizon = s.long_horizon_s if assessment.window_seconds >= LONG_WINDOW_S else s.horizon_s
+        if seconds <= abort_horizon:
             action = "abort" if s.mode == "abort" else "warn"
-            horizon = (s.horizon_s, "horizon")
+            horizon = (abort_horizon, "horizon")
         elif seconds <= s.warn_horizon_s:
             action, horizon = "warn", (s.warn_horizon_s, "warning horizon")
         else:
             self._last_action = "ok"
             return decision
-        if action == "warn" and not self._warning_due(assessment.time_s):
+        if action == "warn" and not self._warning_due(assessment.time_s, horizon[1]):
             self._last_action = action
             return decision
         self._last_action = action
@@ -203,12 +231,15 @@ class GuardPolicy:
         decision.reason = describe(assessment, *horizon)
         return decision
 
-    def _warning_due(self, time_s: float) -> bool:
-        """A warning is due when the pool was fine before, or the last one is old enough."""
-        due = (self._last_action != "warn" or self._last_warn_time is None
-               or time_s - self._last_warn_time >= self.settings.warn_every_s)
+    def _warning_due(self, time_s: float, horizon: str) -> bool:
+        """A warning is due when the last one is old enough, or this one is more urgent (within the
+        abort horizon, in warn mode, after one within the warning horizon)."""
+        # Not again within warn_every_s, even if the pool went quiet in between: a fast window
+        # near its threshold would otherwise warn at every other reading.
+        due = (self._last_warn_time is None or time_s - self._last_warn_time >= self.settings.warn_every_s
+               or (horizon == "horizon" and self._last_warn_horizon != "horizon"))
         if due:
-            self._last_warn_time = time_s
+            self._last_warn_time, self._last_warn_horizon = time_s, horizon
         return due
 
 

@@ -38,12 +38,28 @@ def pool_name(path: str) -> str:
 
 def replay_rows(rows: Iterable[TraceRow], settings: Optional[GuardSettings] = None, pool: str = "gpu0") -> dict:
     """Feed rows to a fresh guard; return ``{"abort_step", "reason"}`` of the first abort."""
+    result = replay_detail(rows, settings, pool)
+    return {"abort_step": result["abort_step"], "reason": result["reason"]}
+
+
+def replay_detail(rows: Iterable[TraceRow], settings: Optional[GuardSettings] = None, pool: str = "gpu0") -> dict:
+    """``replay_rows`` plus what a run would have logged before: the warnings (each one an insurance
+    checkpoint, at most every ``insurance_every_s``) and the first warning's step and time.
+    """
     guard = MemoryGuard(settings or GuardSettings())
+    warnings, first_warning, abort = 0, None, None
     for row in rows:
         decision = guard.observe(pool, row.step, row.time_s, row.used_bytes, row.limit_bytes)
-        if decision.action == "abort":
-            return {"abort_step": row.step, "reason": decision.reason}
-    return {"abort_step": None, "reason": None}
+        if decision.action == "warn":
+            warnings += 1
+            first_warning = first_warning or (row.step, row.time_s)
+        elif decision.action == "abort":
+            abort = (row.step, row.time_s, decision.reason)
+            break
+    return {"abort_step": abort[0] if abort else None, "abort_time_s": abort[1] if abort else None,
+            "reason": abort[2] if abort else None, "warnings": warnings,
+            "first_warning_step": first_warning[0] if first_warning else None,
+            "first_warning_time_s": first_warning[1] if first_warning else None}
 
 
 def replay_file(path: str, settings: Optional[GuardSettings] = None) -> dict:
@@ -58,8 +74,8 @@ def _settings_from(overrides: list) -> GuardSettings:
         if not sep or not key.strip():
             raise ValueError(f"--set expects key=value, got '{item}'")
         value = value.strip()
-        if key.strip() == "chunk_seconds":
-            values["chunk_seconds"] = [part for part in value.strip("[]").split(",") if part.strip()]
+        if key.strip() in ("chunk_seconds", "fast_chunk_seconds"):
+            values[key.strip()] = [part for part in value.strip("[]").split(",") if part.strip()]
         elif value.lower() in ("none", "null", ""):
             values[key.strip()] = None
         else:

@@ -359,6 +359,138 @@ def write_set(folder: str, traces: List[GeneratedTrace]) -> str:
     return labels_path
 
 
+# ----------------------------------------------------------------------------------------------
+# Families: the kinds of runs the guard's defaults are judged on, by minutes as well as by hours.
+# Each family is drawn on a time grid (a reading every 1-20 s), with noise of sigma up to 2.5% of
+# the limit, GC sawtooth of 1-3% and evaluation spikes of 3-10% for 20-60 s every 20-40 minutes.
+
+LEAK_FAMILIES = ("leak_3min", "leak_5min", "leak_10min", "leak_20min", "leak_60min", "leak_hours",
+                 "staircase_leak", "accelerating_leak")
+HEALTHY_FAMILIES = ("high_plateau", "allocator_staircase", "fragmentation_creep", "cache_fill", "eval_spikes",
+                    "one_time_step")
+FAMILIES = LEAK_FAMILIES + HEALTHY_FAMILIES
+_FILL_MINUTES = {"leak_3min": 3, "leak_5min": 5, "leak_10min": 10, "leak_20min": 20, "leak_60min": 60}
+LEAK_STARTS_S = (120.0, 1800.0, "hours")  # 2 min, 30 min, 3 h or more into the run
+
+
+@dataclass
+class FamilyTrace(GeneratedTrace):
+    """A generated run of a family, with when its leak started (None: healthy)."""
+
+    leak_start_s: Optional[float] = None
+
+    def label(self) -> dict:
+        return {**super().label(), "leak_start_s": self.leak_start_s}
+
+
+def generate_family_trace(family: str, seed: int, name: Optional[str] = None) -> FamilyTrace:
+    """One trace of ``family``; deterministic in (family, seed).
+
+    Example: ``generate_family_trace("leak_3min", 7).rows[-1].used_bytes >= limit``
+    """
+    if family not in FAMILIES:
+        raise ValueError(f"unknown trace family '{family}'; known families: {', '.join(FAMILIES)}")
+    leak = family in LEAK_FAMILIES
+    for attempt in range(200):
+        rng = random.Random(f"family/{family}/{seed}/{attempt}")
+        trace = _draw_family(rng, family, leak, name or f"{family}_{seed}.csv")
+        if trace is not None:
+            return trace
+    raise RuntimeError(f"could not generate a {family} trace for seed {seed}")  # pragma: no cover
+
+
+def _draw_family(rng: random.Random, family: str, leak: bool, name: str) -> Optional[FamilyTrace]:
+    limit = rng.choice((8, 12, 16, 24, 32, 40, 48, 64, 80)) * GIB
+    seconds_per_step = math.exp(rng.uniform(math.log(0.1), math.log(5.0)))
+    steps_per_reading = max(1, round(math.exp(rng.uniform(math.log(1.0), math.log(20.0))) / seconds_per_step))
+    noise = limit * rng.uniform(0.001, 0.025)
+    base = limit * rng.uniform(0.3, 0.65)
+    parts: List[Callable[[float], float]] = []  # bytes added at time t (s)
+    tags: List[str] = []
+    if rng.random() < 0.5:
+        amp, period = limit * rng.uniform(0.01, 0.03), rng.uniform(60.0, 900.0)
+        parts.append(lambda t: amp * ((t % period) / period))
+        tags.append("gc_sawtooth")
+    if family == "eval_spikes" or rng.random() < 0.5:
+        height, length = limit * rng.uniform(0.03, 0.10), rng.uniform(20.0, 60.0)
+        every, offset = rng.uniform(1200.0, 2400.0), rng.uniform(0.0, 2400.0)
+        parts.append(lambda t: height if (t + offset) % every < length else 0.0)
+        tags.append("eval_spikes" if family != "eval_spikes" else "")
+    tags = [tag for tag in tags if tag]
+    leak_start = None
+    hours = rng.uniform(6.0, 30.0)  # a healthy run's length
+    if leak:
+        start = rng.choice(LEAK_STARTS_S)
+        leak_start = rng.uniform(3 * HOUR, 8 * HOUR) if start == "hours" else float(start)
+        left = limit - base
+        if family in _FILL_MINUTES or family == "leak_hours":
+            fill_s = _FILL_MINUTES[family] * 60.0 if family in _FILL_MINUTES else rng.uniform(6, 48) * HOUR
+            rate = left / fill_s
+            parts.append(lambda t: rate * max(0.0, t - leak_start))
+        elif family == "staircase_leak":
+            stair, every = limit * rng.uniform(0.04, 0.10), rng.uniform(120.0, 1200.0)
+            parts.append(lambda t: stair * (int((t - leak_start) // every) + 1) if t >= leak_start else 0.0)
+            fill_s = every * left / stair
+        else:  # accelerating: quadratic from its start to death
+            fill_s = rng.uniform(600.0, 12 * HOUR)
+            parts.append(lambda t: left * (max(0.0, t - leak_start) / fill_s) ** 2)
+        hours = (leak_start + 3 * fill_s) / HOUR + 1
+    else:
+        base = _healthy_shape(rng, family, limit, base, hours, parts)
+    tau, start_frac = rng.uniform(10.0, 90.0), rng.uniform(0.05, 0.5)
+    rows: List[TraceRow] = []
+    t, step = rng.uniform(5.0, 40.0), 0
+    while t < hours * HOUR:
+        step += steps_per_reading
+        t += steps_per_reading * seconds_per_step * max(0.5, 1 + rng.gauss(0, 0.03))
+        level = base - base * (1 - start_frac) * math.exp(-t / tau) + sum(part(t) for part in parts)
+        used = max(MIB, int(level + rng.gauss(0, noise)) // MIB * MIB)
+        rows.append(TraceRow(step, round(t, 2), used, int(limit)))
+        if used >= limit:
+            break
+    died = rows[-1].used_bytes >= limit
+    if died != leak or (leak and rows[-1].time_s < leak_start):
+        return None  # a healthy run that brushed the limit, or a leak that died before it began
+    return FamilyTrace(name, "+".join([family] + tags), leak, rows[-1].step if leak else None, rows,
+                       leak_start_s=round(leak_start, 2) if leak else None)
+
+
+def _healthy_shape(rng: random.Random, family: str, limit: float, base: float, hours: float,
+                   parts: List[Callable[[float], float]]) -> float:
+    """Adds the family's healthy shape; returns the plateau it starts from."""
+    if family == "high_plateau":
+        return limit * rng.uniform(0.88, 0.94)
+    if family == "allocator_staircase":
+        sizes = [limit * rng.uniform(0.02, 0.05) for _ in range(rng.randint(3, 6))]
+        end = rng.uniform(1.0, 3.0) * HOUR
+        times = sorted(rng.uniform(300.0, end) for _ in sizes)
+        parts.append(lambda t: sum(s for tt, s in zip(times, sizes) if t >= tt))
+        return min(base, limit * 0.88 - sum(sizes))
+    if family == "fragmentation_creep":
+        size, tau = limit * rng.uniform(0.10, 0.25), rng.uniform(1.0, 5.0) * HOUR
+        parts.append(lambda t: size * (1 - math.exp(-t / tau)))
+        return min(base, limit * 0.88 - size)
+    if family == "cache_fill":
+        size, fill = limit * rng.uniform(0.15, 0.30), rng.uniform(600.0, 2400.0)
+        start = rng.uniform(2.0, max(2.5, hours - 2.0)) * HOUR
+        parts.append(lambda t: size * min(1.0, max(0.0, (t - start) / fill)))
+        return limit * rng.uniform(0.65, 0.85) - size
+    if family == "one_time_step":
+        height, at = limit * rng.uniform(0.05, 0.25), rng.uniform(0.1, 0.9) * hours * HOUR
+        parts.append(lambda t: height if t >= at else 0.0)
+        return min(base, limit * 0.88 - height)
+    return base  # eval_spikes: the spikes are the shape
+
+
+def generate_families(per_family: int, seed: int, families=FAMILIES) -> List[FamilyTrace]:
+    """``per_family`` traces of every family, seeds derived from ``seed``.
+
+    Example: ``generate_families(3, seed=11)`` gives 42 traces, 24 of them leaks.
+    """
+    return [generate_family_trace(family, seed * 1009 + i, name=f"{family}_{seed}_{i}.csv")
+            for family in families for i in range(per_family)]
+
+
 def main(argv: Optional[list] = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m tfodtrain.memory.tracegen",
@@ -368,8 +500,13 @@ def main(argv: Optional[list] = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="seed (default 0)")
     parser.add_argument("--plain", action="store_true", help="no mixtures")
     parser.add_argument("--noise", type=float, default=1.0, help="reading noise multiplier (default 1)")
+    parser.add_argument("--families", type=int, metavar="K",
+                        help="instead: K traces of every family (fast and slow leaks, healthy runs of 6-30 h)")
     args = parser.parse_args(argv)
-    traces = generate_set(args.n, args.seed, mixtures=not args.plain, noise_scale=args.noise)
+    if args.families:
+        traces = generate_families(args.families, args.seed)
+    else:
+        traces = generate_set(args.n, args.seed, mixtures=not args.plain, noise_scale=args.noise)
     print(write_set(args.out_dir, traces))
     return 0
 

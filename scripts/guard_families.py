@@ -1,0 +1,99 @@
+"""Score the leak guard's defaults family by family on generated traces it has never seen.
+
+    python scripts/guard_families.py --per-family 6 --seed 101 [--set key=value ...] [--jobs 1]
+
+Every trace of every family (``tfodtrain.memory.tracegen.FAMILIES``: fast leaks that fill memory in
+3-60 minutes, slow ones of 6-48 hours, stairs, accelerating leaks, and healthy runs of 6-30 hours) is
+replayed through ``MemoryGuard`` as ``python -m tfodtrain.memory.replay`` does. A leak is caught when
+the abort leaves at least ``--lead`` seconds (60) before the reading that died. Prints one row per
+family: caught, false aborts, warnings per run, the median delay from the leak's start to the abort and
+the median lead; then the misses and false aborts. Exit 0 when every leak is caught and no healthy
+run is aborted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+from concurrent.futures import ProcessPoolExecutor
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from tfodtrain.memory.replay import _settings_from, replay_detail  # noqa: E402
+from tfodtrain.memory.tracegen import FAMILIES, generate_family_trace  # noqa: E402
+
+
+def score_one(job):
+    family, seed, index, overrides = job
+    trace = generate_family_trace(family, seed * 1009 + index, name=f"{family}_{seed}_{index}")
+    result = replay_detail(trace.rows, _settings_from(overrides))
+    death = trace.rows[-1].time_s
+    return {"family": family, "name": trace.name, "kind": trace.kind, "leak": trace.leak,
+            "leak_start_s": trace.leak_start_s, "death_s": death, **result}
+
+
+def _median(values, fmt="{:.0f}"):
+    return fmt.format(statistics.median(values)) if values else "-"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--per-family", type=int, default=6, help="traces per family (6)")
+    parser.add_argument("--seed", type=int, default=101, help="seed of the set (101)")
+    parser.add_argument("--lead", type=float, default=60.0, help="seconds an abort must leave before death (60)")
+    parser.add_argument("--families", default=",".join(FAMILIES), help="comma-separated families (all)")
+    parser.add_argument("--jobs", type=int, default=1, help="processes (1)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override one guard setting (repeatable)")
+    args = parser.parse_args(argv)
+    try:
+        _settings_from(args.overrides)
+    except ValueError as error:
+        print(f"guard_families: {error}", file=sys.stderr)
+        return 2
+    families = [f.strip() for f in args.families.split(",") if f.strip()]
+    unknown = [f for f in families if f not in FAMILIES]
+    if unknown:
+        print(f"guard_families: unknown family '{unknown[0]}'; known: {', '.join(FAMILIES)}", file=sys.stderr)
+        return 2
+    jobs = [(family, args.seed, i, args.overrides) for family in families for i in range(args.per_family)]
+    if args.jobs > 1:
+        with ProcessPoolExecutor(args.jobs) as pool:
+            results = list(pool.map(score_one, jobs))
+    else:
+        results = [score_one(job) for job in jobs]
+    print(f"seed {args.seed}, {args.per_family} per family, lead >= {args.lead:g} s")
+    print("| family | caught | false aborts | warnings per run | median delay from leak start (s) | median lead (s) |")
+    print("|---|---|---|---|---|---|")
+    problems, total_missed, total_false = [], 0, 0
+    for family in families:
+        rows = [r for r in results if r["family"] == family]
+        leaks = [r for r in rows if r["leak"]]
+        caught = [r for r in leaks if r["abort_time_s"] is not None and r["death_s"] - r["abort_time_s"] >= args.lead]
+        false = [r for r in rows if not r["leak"] and r["abort_step"] is not None]
+        warnings = [r["warnings"] for r in rows if not r["leak"]] or [r["warnings"] for r in rows]
+        delays = [r["abort_time_s"] - r["leak_start_s"] for r in caught]
+        leads = [r["death_s"] - r["abort_time_s"] for r in caught]
+        total_missed += len(leaks) - len(caught)
+        total_false += len(false)
+        caught_text = f"{len(caught)}/{len(leaks)}" if leaks else "-"
+        false_text = f"{len(false)}/{len(rows)}" if not leaks else "-"
+        print(f"| {family} | {caught_text} | {false_text} | {_median(warnings, '{:.1f}')} (max {max(warnings)}) | "
+              f"{_median(delays)} | {_median(leads)} |")
+        for r in leaks:
+            if r not in caught:
+                lead = None if r["abort_time_s"] is None else round(r["death_s"] - r["abort_time_s"])
+                problems.append(f"MISSED {r['name']} [{r['kind']}] start {r['leak_start_s']} death {r['death_s']:.0f} "
+                                f"lead {lead}")
+        for r in false:
+            problems.append(f"FALSE  {r['name']} [{r['kind']}] at {r['abort_time_s']:.0f} s: {r['reason']}")
+    for line in problems:
+        print(line)
+    print(f"missed={total_missed} false_aborts={total_false}")
+    return 0 if not problems else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
