@@ -58,18 +58,24 @@ def test_three_planted_leaks_named_by_holder_bytes_growth_and_line():
         kept = holders["Keeper.kept"]
         assert kept["kind"] == "list" and kept["items"] == 200 and kept["growth_per_100_steps"] == 100.0
         assert 200 * 2 * 4096 * 8 <= kept["bytes"] < 1.2 * 200 * 2 * 4096 * 8
-        assert kept["added_at"] is None and "starts it" in kept["added_at_note"]
-        assert kept["added_by"] == [f"tests/test_census.py:{line_of('# ADDS-TO-KEEPER')} in Keeper.on_step"]
+        keeper_line = f"tests/test_census.py:{line_of('# ADDS-TO-KEEPER')} in Keeper.on_step"
+        assert kept["added_by"] == [keeper_line]  # found in the bytecode: tracemalloc was off until now
+        assert (kept["added_at"], kept["added_at_source"]) == (keeper_line, "bytecode") and "starts it" in kept["added_at_note"]
 
         steps(200, 300)
-        second = by_path(census.run(step=300))  # "the abort": reads tracemalloc, stops it
-        assert second["Keeper.kept"]["added_at"] == f"tests/test_census.py:{line_of('# ADDS-TO-KEEPER')} in Keeper.on_step"
+        second_result = census.run(step=300)
+        second = by_path(second_result)  # "the abort": reads tracemalloc, stops it
+        assert second["Keeper.kept"]["added_at"] == keeper_line
+        assert second["Keeper.kept"]["added_at_source"] == "tracemalloc" and "added_at_note" not in second["Keeper.kept"]
         closure = second["make_hook.<locals>.on_batch_end: closure variable 'seen'"]
         assert closure["kind"] == "dict" and closure["items"] == 300 and closure["growth_per_100_steps"] == 100.0
         assert closure["added_at"] == f"tests/test_census.py:{line_of('# ADDS-TO-CLOSURE')} in make_hook.<locals>.on_batch_end"
         module = second[f"{__name__}.KEPT_BY_MODULE"]
-        assert module["added_at"].startswith(f"tests/test_census.py:{line_of('# ADDS-TO-MODULE')}")
-        assert "describe" not in module["added_at"]
+        # allocated in this test's function (tracemalloc), appended there too: no method call on the name
+        assert module["added_at"] == f"tests/test_census.py:{line_of('# ADDS-TO-MODULE')} in " \
+                                     "test_three_planted_leaks_named_by_holder_bytes_growth_and_line.<locals>.steps"
+        assert second_result["top_lines"][0]["at"].startswith("tests/test_census.py:")
+        assert second_result["tracing"]["state"] == "read and stopped (on since step 200)"
         assert "Keeper.kept (list, 300 items, " in describe_holder(second["Keeper.kept"])
     finally:
         census.stop()
@@ -101,8 +107,9 @@ def test_a_fast_leak_one_census_names_the_holder_and_the_code_that_adds_to_it():
         keeper.on_step(step)
     result = census.run(step=100, trace=False, untraced_note="no warning before the abort")
     holder = by_path(result)["Keeper.kept"]
-    assert holder["added_at"] is None and holder["added_at_note"] == "no warning before the abort"
-    assert holder["added_by"] == [f"tests/test_census.py:{line_of('# ADDS-TO-KEEPER')} in Keeper.on_step"]
+    line = f"tests/test_census.py:{line_of('# ADDS-TO-KEEPER')} in Keeper.on_step"
+    assert holder["added_by"] == [line] and (holder["added_at"], holder["added_at_source"]) == (line, "bytecode")
+    assert holder["added_at_note"].startswith("no warning before the abort; the line is the code that adds to it")
     assert result["tracing"]["state"] == "off"
     assert result["seconds"] < 5 and result["census_bytes"] > 0
 

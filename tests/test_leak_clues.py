@@ -74,3 +74,162 @@ def test_leak_clues_report_for_the_abort_report():
     assert any(g["kind"] == "list of ndarray" for g in report["python_objects"]["growing"])
     assert report["retracing"]["train_function_traces"] is None  # no tf.function on this model
     del kept
+
+
+# --------------------------------------------------------------------------------------------------
+# Planted leaks in a small tf_keras fit: the census names the holder, its line, tensors and retracing.
+# A `Driver` callback plays the guard: the baseline at the first step, a "warning" census, the "abort" one.
+
+EAGER_KEPT: list = []  # (a): a module-level list of eager tensors
+
+
+def line_of(marker: str) -> int:
+    return next(i for i, text in enumerate(open(__file__).read().splitlines(), 1) if text.endswith(marker))
+
+
+def fit_with_clues(callbacks, steps: int = 240, warn_at: int = 120, model=None):
+    import tensorflow as tf
+    import tf_keras
+
+    clues = LeakClues()
+    seen = {}
+
+    class Driver(tf_keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            step = batch + 1
+            if step == 1:
+                clues.observe(step, self.model)
+            elif step == warn_at:
+                seen["warning"] = clues.describe(step)
+            elif step == steps:
+                seen["abort"] = clues.report(step)
+
+    if model is None:
+        model = tf_keras.Sequential([tf_keras.layers.Dense(1, input_shape=(4,))])
+    model.compile(optimizer="sgd", loss="mse")
+    data = tf.data.Dataset.from_tensors((tf.ones([2, 4]), tf.ones([2, 1]))).repeat(steps)
+    try:
+        model.fit(data, epochs=1, steps_per_epoch=steps, verbose=0, callbacks=[*callbacks, Driver()])
+    finally:
+        clues.stop()
+    return seen["warning"], seen["abort"], model
+
+
+def holder(report, path):
+    found = [h for h in report["holders"] if h["path"] == path]
+    assert found, [h["path"] for h in report["holders"]]
+    return found[0]
+
+
+def test_a_module_list_of_eager_tensors_appended_by_a_callback():
+    import tensorflow as tf
+    import tf_keras
+
+    class KeepTensors(tf_keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            EAGER_KEPT.append(tf.fill([128, 128], float(batch)))  # ADDS-EAGER
+
+    try:
+        warning, report, _ = fit_with_clues([KeepTensors()])
+    finally:
+        kept = len(EAGER_KEPT)
+        EAGER_KEPT.clear()
+    h = holder(report, f"{__name__}.EAGER_KEPT")
+    assert h["kind"] == "list" and h["items"] == kept == 240 and h["item_types"] == "EagerTensor"
+    assert 240 * 128 * 128 * 4 <= h["bytes"] < 1.3 * 240 * 128 * 128 * 4  # the tensors' elements x 4 bytes
+    assert h["growth_per_100_steps"] == 100.0
+    assert h["added_at"] == f"tests/test_leak_clues.py:{line_of('# ADDS-EAGER')} in " \
+                            "test_a_module_list_of_eager_tensors_appended_by_a_callback.<locals>.KeepTensors.on_train_batch_end"
+    # TensorFlow allocates tensors outside Python's allocator: tracemalloc cannot see them, the bytecode can
+    assert h["added_at_source"] == "bytecode" and "outside Python's allocator" in h["added_at_note"]
+    assert f"held by {__name__}.EAGER_KEPT (list, 120 items" in warning  # the warning's census, before the line
+    cpu = report["tensors"]["devices"]["CPU:0"]
+    assert cpu["tensors"] >= 240 and cpu["tensor_bytes"] >= 240 * 128 * 128 * 4
+    grown = report["tensors"]["growing"][0]
+    assert (grown["kind"], grown["dtype"], grown["shape"]) == ("tensor", "float32", "(128, 128)") and grown["growth"] >= 120
+
+
+def test_b_a_dict_keyed_by_step_in_the_closure_of_a_lambda_callback():
+    import tf_keras
+
+    def make_callback():
+        by_step = {}
+
+        def remember(batch, logs):
+            by_step[batch] = np.ones(16384)  # ADDS-CLOSURE
+
+        return tf_keras.callbacks.LambdaCallback(on_train_batch_end=remember)
+
+    _, report, _ = fit_with_clues([make_callback()])
+    h = holder(report, "test_b_a_dict_keyed_by_step_in_the_closure_of_a_lambda_callback.<locals>.make_callback."
+                       "<locals>.remember: closure variable 'by_step'")
+    assert h["kind"] == "dict" and h["items"] == 240 and h["bytes"] >= 240 * 16384 * 8
+    assert h["added_at"] == f"tests/test_leak_clues.py:{line_of('# ADDS-CLOSURE')} in " \
+                            "test_b_a_dict_keyed_by_step_in_the_closure_of_a_lambda_callback.<locals>.make_callback.<locals>.remember"
+
+
+def test_c_a_tf_function_retraced_every_step_by_a_python_int():
+    import tensorflow as tf
+    import tf_keras
+
+    @tf.function
+    def scaled_loss(x, step):
+        return tf.reduce_sum(x) * step
+
+    class Scale(tf_keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            scaled_loss(tf.ones([3]), batch)  # a Python int: a new trace every step
+
+    tf.get_logger().setLevel("ERROR")  # TensorFlow's own retracing warnings
+    warning, report, _ = fit_with_clues([Scale()], steps=40, warn_at=20)
+    functions = report["retracing"]["functions"]
+    assert functions[0]["function"] == "test_c_a_tf_function_retraced_every_step_by_a_python_int.<locals>.scaled_loss"
+    assert functions[0]["traces"] == 40 and functions[0]["new_traces"] == 20
+    argument = functions[0]["arguments"]
+    assert [a["argument"] for a in argument] == ["step"] and argument[0]["what"] == "Python int value"
+    assert "retraced" in warning and "by 'step' (Python int value: " in warning
+    assert report["retracing"]["retraces"] == 0  # Keras' own training function is traced once
+
+
+def test_d_host_objects_held_by_an_attribute_of_the_model():
+    import tf_keras
+
+    model = tf_keras.Sequential([tf_keras.layers.Dense(1, input_shape=(4,))])
+    model.batch_log = []  # tf_keras wraps it in a ListWrapper: the attribute's name must still show
+
+    class Log(tf_keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            self.model.batch_log.append({"batch": batch, "inputs": np.ones((64, 64, 3))})  # ADDS-MODEL
+
+    _, report, _ = fit_with_clues([Log()], model=model)
+    h = holder(report, "Sequential.batch_log")
+    assert h["items"] == 240 and h["bytes"] >= 240 * 64 * 64 * 3 * 8
+    assert h["added_at"] == f"tests/test_leak_clues.py:{line_of('# ADDS-MODEL')} in " \
+                            "test_d_host_objects_held_by_an_attribute_of_the_model.<locals>.Log.on_train_batch_end"
+
+
+def test_a_healthy_bounded_cache_names_no_holder():
+    import collections
+
+    import tf_keras
+
+    class Cache(tf_keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.recent = collections.deque(maxlen=100)
+
+        def on_train_batch_end(self, batch, logs=None):
+            self.recent.append(np.ones(16384))
+
+    warning, report, _ = fit_with_clues([Cache()])
+    assert report["holders"] == [] and "held by" not in warning
+
+
+def test_a_failing_census_is_one_line_and_the_guard_goes_on(caplog):
+    clues = LeakClues()
+    clues.observe(step=1, model=object())
+    clues.census.scan = lambda: 1 / 0
+    report = clues.report(step=2)
+    assert report["census_error"] == "ZeroDivisionError: division by zero" and report["holders"] == []
+    assert [r.getMessage() for r in caplog.records if "census" in r.getMessage()] == [
+        "Leak clues: the census at step 2 failed (ZeroDivisionError: division by zero); the guard goes on"]

@@ -22,13 +22,16 @@ One census is:
    variable of a named function, a mutable default argument, or a local variable of a running function;
    dict keys and list indexes on the way show as `[key]`, `[i]`. Wrapper objects (`transparent`, e.g.
    tf_keras' ListWrapper around a list set on a model) are looked through, so the attribute's name shows.
-5. **The line**: tracemalloc is started (`trace_frames` frames) by the first census and stopped by the
-   next one, which asks `tracemalloc.get_object_traceback` where the holder's newest items were
-   allocated (the innermost frame outside the standard library and site-packages), and diffs its
-   snapshot with the previous one (`top_lines`: the lines whose live memory grew most). Without tracing
-   (a fast leak: the first census is also the last), the code that adds to the holder is found in the
-   bytecode instead: the functions of the owner's class, module or closure that call `append`, `extend`,
-   `add`, ... on the name or store into it (`added_by`); a note says why `added_at` is missing.
+5. **The line** (`added_at`, with `added_at_source`): tracemalloc is started (`trace_frames` frames) at
+   the very end of the first census, which holds on to the holders it named (at most `top`), and read and
+   stopped first thing by the next one (before its scan: all that is allocated while tracing costs a
+   traceback): `tracemalloc.get_object_traceback` tells where the holders' newest items were allocated
+   (the innermost frame outside the standard library and site-packages), and the snapshot's largest live
+   allocations since the start, grouped by that frame, are `top_lines`. Where tracing cannot tell (a fast
+   leak: the first census is also the last; items allocated outside Python's allocator, as TensorFlow
+   tensors are), the line is the code that adds to the holder, found in the bytecode: the functions of
+   the owner's class, module or closure that call `append`, `extend`, `add`, ... on the name or store
+   into it (`added_by`, source `bytecode`); `added_at_note` says why.
 
 Cost: the pause is one scan, the sizing (bounded by depth and samples) and at most `path_depth`
 `gc.get_referrers` passes; everything after the scan stops at `max_seconds` (what is left is reported
@@ -171,6 +174,7 @@ class Sizer:
 # Paths from GC roots
 
 
+_PENALTY = {"private attribute": 2, "local": 2}  # levels: a public name a little further up is better
 _RANK = {"attribute": 0, "global": 1, "closure": 2, "default": 3, "class attribute": 4, "private attribute": 5,
          "local": 6}
 
@@ -234,7 +238,8 @@ def find_paths(targets: list, *, depth: int = 12, deadline: float | None = None,
     for level in range(depth):
         if not frontier or (deadline is not None and time.perf_counter() > deadline):
             break
-        open_targets = {n.target for n in frontier if n.target not in found}
+        open_targets = {n.target for n in frontier
+                        if n.target not in found or min(o[0] + _PENALTY.get(o[2]["anchor"], 0) for o in found[n.target]) >= level}
         frontier = [n for n in frontier if n.target in open_targets]
         if not frontier:
             break
@@ -262,7 +267,7 @@ def find_paths(targets: list, *, depth: int = 12, deadline: float | None = None,
                     continue
                 children = [n for r in refs for n in by_id.get(id(r), ())]
             for child in children:
-                if child.target in found and found[child.target][0][0] < level:
+                if child.target not in open_targets:
                     continue
                 anchor = _anchor(parent, child, module_dicts, transparent)
                 if anchor is not None:
@@ -282,7 +287,7 @@ def find_paths(targets: list, *, depth: int = 12, deadline: float | None = None,
         del referrers, objs
     results = _Own()
     for target, options in found.items():
-        options.sort(key=lambda o: (o[0], o[1]))
+        options.sort(key=lambda o: (o[0] + _PENALTY.get(o[2]["anchor"], 0), o[1]))
         results[target] = options[0][2]
     return results
 
@@ -517,9 +522,11 @@ class Census:
         self.lengths: dict[int, tuple[str, int]] | None = None  # id -> (type name, length) at the last census
         self.step: int | None = None
         self.censuses = 0
-        self.lines: dict[int, str] = _Own()  # holder id -> where its items were allocated (kept once found)
-        self._tracing_since: int | None = None  # step at which this census started tracemalloc
-        self._snapshot = None
+        self.lines: dict[str, str] = _Own()  # holder path -> where its items were allocated (kept once found)
+        self.named: dict[str, int] = _Own()  # holder path -> items, at the last census
+        self._tracing_since: int | None = None  # step at which a census started tracemalloc
+        self._watched: list = []  # the holders named by that census (strong references, at most `top`)
+        self._read: dict | None = None  # what `prepare` read, for this census
         self._collect_cache: dict[type, bool] = {}
 
     # the scan ---------------------------------------------------------------------------------------
@@ -530,7 +537,7 @@ class Census:
         cache = self._collect_cache
         collect = self.collect
         objects = gc.get_objects()
-        own = {id(big), id(collected), id(counts), id(objects), id(self.lengths), id(self.lines),
+        own = {id(big), id(collected), id(counts), id(objects), id(self.lengths), id(self.lines), id(self.named),
                id(self._collect_cache), id(self.__dict__)}
         for obj in objects:
             kind = type(obj)
@@ -575,11 +582,50 @@ class Census:
         return scan
 
     # a census ---------------------------------------------------------------------------------------
+    def prepare(self) -> None:
+        """Read and stop tracemalloc, if the previous census started it: where the items of the holders it
+        named (held since then, at most `top`) were allocated, and the lines whose memory grew. First of
+        all, before the scan: everything allocated while tracemalloc is on costs a traceback."""
+        if self._read is not None or self._tracing_since is None:
+            return
+        if not tracemalloc.is_tracing():  # stopped by someone else
+            self._read = {"lines": {}, "top_lines": [], "tracing": {"state": "stopped by someone else: not read"}}
+            self._tracing_since, self._watched = None, []
+            return
+        lines = {}
+        for path, obj, anchor in self._watched:
+            line = allocated_at(_current(anchor, obj))
+            if line is not None:
+                lines[path] = line
+        snapshot = tracemalloc.take_snapshot()
+        own = tracemalloc.get_tracemalloc_memory()
+        since = self._tracing_since
+        tracemalloc.stop()
+        self._tracing_since, self._watched = None, []
+        by_line: dict[tuple, list] = {}
+        for stat in snapshot.statistics("traceback")[:2000]:  # largest first; by the innermost frame outside libraries
+            if any(f.filename == __file__ for f in stat.traceback):
+                continue  # the census's own allocations
+            frame = _user_frame(stat.traceback)
+            if frame is not None:
+                entry = by_line.setdefault(frame, [0, 0])
+                entry[0] += stat.size
+                entry[1] += stat.count
+        del snapshot
+        top = [{"at": where(*frame), "bytes": size, "count": count}
+               for frame, (size, count) in sorted(by_line.items(), key=lambda kv: -kv[1][0])[:self.top_lines]]
+        self._read = {"lines": lines, "top_lines": top,
+                      "tracing": {"state": f"read and stopped (on since step {since})", "since_step": since,
+                                  "frames": self.trace_frames, "tracemalloc_bytes": own}}
+
     def run(self, step: int, scan: dict | None = None, trace: bool = True, untraced_note: str | None = None) -> dict:
-        """Holders grown since the last census (or the baseline); tracemalloc on (when `trace` and off),
-        or read and off (when this census's predecessor started it). `untraced_note`: why there is no
-        line, when tracemalloc was off (default: it starts at this census, read at the next)."""
+        """Holders grown since the last census (or the baseline). tracemalloc: read and stopped first if
+        the previous census started it (`prepare`), else started at the end (when `trace`), holding the
+        named holders (at most `top`) until the next census reads it. `untraced_note`: why no line was
+        traced, when tracemalloc was off (default: it starts at this census, read at the next)."""
         started = time.perf_counter()
+        self.prepare()
+        read, self._read = self._read, None
         deadline = started + self.max_seconds
         scan = scan if scan is not None else self.scan()
         scanned = time.perf_counter()
@@ -617,8 +663,10 @@ class Census:
                            transparent=self.transparent, ignore={id(scan["big"]), id(scan["collected"]), id(sized)})
         timing["paths_s"] = round(time.perf_counter() - mark, 3)
         mark = time.perf_counter()
-        tracing_read = self._tracing_since is not None and tracemalloc.is_tracing()
-        holders, seen_paths = [], set()
+        if read is not None:
+            self.lines.update(read["lines"])
+        named_before = self.named
+        holders, named, seen_paths = [], [], set()
         for h in sized:
             obj = h["obj"]
             anchor = paths.get(id(obj))
@@ -627,6 +675,10 @@ class Census:
                 continue  # a wrapper and the list it wraps: one holder
             if path is not None:
                 seen_paths.add(path)
+                if h["new"] and path in named_before:  # the same name, a new object (a list copied on append)
+                    h["grown"] = h["items"] - named_before[path]
+                    h["grown_bytes"] = h["bytes"] * h["grown"] / max(h["items"], 1)
+                    h["new"] = False
             record = {
                 "path": path or f"unnamed {type(obj).__name__} (no recognisable owner within {self.path_depth} references)",
                 "kind": type(obj).__name__,
@@ -640,71 +692,77 @@ class Census:
                 "new_since_then": h["new"],
                 "item_types": _item_types(obj),
             }
-            line = self.lines.get(id(obj))
-            if line is None and tracing_read:
-                line = allocated_at(obj)
-                if line is not None:
-                    self.lines[id(obj)] = line
-            record["added_at"] = line
-            if line is None:
-                record["added_at_note"] = (
-                    "tracemalloc was on, but none of the newest items was allocated while it was" if tracing_read
-                    else untraced_note or "tracemalloc was off: this census starts it, the next one reads it")
             record["added_by"] = added_by(anchor) if anchor else []
+            line = self.lines.get(record["path"])
+            record["added_at"], record["added_at_source"] = line, "tracemalloc" if line else None
+            if line is None:
+                if read is not None:
+                    since_t = read["tracing"].get("since_step")
+                    why = (f"tracemalloc was on since step {since_t} but saw none of the newest items "
+                           f"({record['item_types']}) allocated: they are allocated outside Python's allocator "
+                           "(TensorFlow tensors are), or the census that started it did not name this holder"
+                           if since_t is not None else read["tracing"]["state"])
+                else:
+                    why = untraced_note or "tracemalloc was off: this census starts it, the next one reads it"
+                if record["added_by"]:
+                    record["added_at"], record["added_at_source"] = record["added_by"][0], "bytecode"
+                    why += "; the line is the code that adds to it, found in the bytecode"
+                record["added_at_note"] = why
             holders.append(record)
+            named.append((record["path"], obj, anchor))
             if len(holders) >= self.top:
                 break
         timing["lines_s"] = round(time.perf_counter() - mark, 3)
-        top_lines, tracing = self._tracing(step, trace, tracing_read)
         own = scan["own_bytes"] + sys.getsizeof(sized) + sys.getsizeof(candidates) + sys.getsizeof(sizer.seen)
         self.lengths = _Own((id(o), (type(o).__name__, len(o))) for o in scan["big"])
+        self.named = _Own((h["path"], h["items"]) for h in holders)
         self.step = step
         self.censuses += 1
-        del scan, sized, candidates, sizer
-        return {"step": step, "since_step": since, "holders": holders, "top_lines": top_lines, "tracing": tracing,
-                "seconds": round(time.perf_counter() - started, 3), "timing": timing, "census_bytes": own,
-                "tracemalloc_bytes": tracing.get("tracemalloc_bytes")}
-
-    def _tracing(self, step: int, trace: bool, read: bool) -> tuple[list, dict]:
-        """Read and stop tracemalloc if our previous census started it; else start it (when `trace`)."""
-        if read:
-            snapshot = tracemalloc.take_snapshot()
-            own = tracemalloc.get_tracemalloc_memory()
-            stats = snapshot.compare_to(self._snapshot, "traceback") if self._snapshot is not None else \
-                snapshot.statistics("traceback")
-            by_line: dict[tuple, list] = {}
-            for stat in stats[:2000]:  # largest first; grouped by the innermost frame outside libraries
-                grown = getattr(stat, "size_diff", stat.size)
-                if grown <= 0 or any(f.filename == __file__ for f in stat.traceback):
-                    continue  # the census's own allocations
-                frame = _user_frame(stat.traceback)
-                if frame is not None:
-                    entry = by_line.setdefault(frame, [0, 0])
-                    entry[0] += grown
-                    entry[1] += getattr(stat, "count_diff", stat.count)
-            top = [{"at": where(*frame), "bytes": size, "count": count}
-                   for frame, (size, count) in sorted(by_line.items(), key=lambda kv: -kv[1][0])[:self.top_lines]]
-            del snapshot, stats
-            state = {"state": "read and stopped", "since_step": self._tracing_since, "frames": self.trace_frames,
-                     "tracemalloc_bytes": own}
-            tracemalloc.stop()
-            self._tracing_since, self._snapshot = None, None
-            return top, state
-        if trace and not tracemalloc.is_tracing():
-            tracemalloc.start(self.trace_frames)
+        del scan, sized, candidates, sizer, paths
+        if read is not None:
+            tracing = read["tracing"]
+        elif trace and not tracemalloc.is_tracing():
+            self._watched = named  # held until the next census reads where their new items come from
+            tracing = {"state": f"started at step {step} ({self.trace_frames} frames); read at the next census",
+                       "frames": self.trace_frames}
+        elif tracemalloc.is_tracing():
+            tracing = {"state": "on (started by someone else: left alone, not read)"}
+        else:
+            tracing = {"state": "off"}
+        result = {"step": step, "since_step": since, "holders": holders,
+                  "top_lines": read["top_lines"] if read is not None else [], "tracing": tracing,
+                  "seconds": round(time.perf_counter() - started, 3), "timing": timing, "census_bytes": own,
+                  "tracemalloc_bytes": tracing.get("tracemalloc_bytes")}
+        if self._watched is named:
             self._tracing_since = step
-            self._snapshot = None  # allocations since the start are the difference
-            return [], {"state": f"started at step {step} ({self.trace_frames} frames); read at the next census",
-                        "frames": self.trace_frames}
-        if tracemalloc.is_tracing() and self._tracing_since is None:
-            return [], {"state": "on (started by someone else: left alone, not read)"}
-        return [], {"state": "off"}
+            tracemalloc.start(self.trace_frames)  # last: nothing of this census is traced
+        return result
 
     def stop(self) -> None:
-        """Stop tracemalloc if a census started it (train end)."""
+        """Stop tracemalloc if a census started it (train end); let go of the holders held for it."""
         if self._tracing_since is not None and tracemalloc.is_tracing():
             tracemalloc.stop()
-        self._tracing_since, self._snapshot = None, None
+        self._tracing_since, self._watched, self._read = None, [], None
+
+
+def _current(anchor: dict | None, obj):
+    """The object now under the holder's name (a list replaced by a copy since: the copy), else `obj`."""
+    if not anchor or not anchor.get("path", "").endswith(anchor.get("name") or "\0"):
+        return obj
+    try:
+        if "owner_obj" in anchor:
+            owner = anchor["owner_obj"]
+            value = (owner.__dict__ if isinstance(owner, type) else vars(owner)).get(anchor["name"], obj)
+        elif anchor["anchor"] == "global":
+            value = vars(sys.modules[anchor["owner"]]).get(anchor["name"], obj)
+        elif anchor["anchor"] == "closure":
+            function = anchor["function"]
+            value = function.__closure__[function.__code__.co_freevars.index(anchor["name"])].cell_contents
+        else:
+            return obj
+    except Exception:  # noqa: BLE001
+        return obj
+    return value if isinstance(value, HOLDER_TYPES) or hasattr(value, "__len__") else obj
 
 
 def _item_types(obj) -> str:

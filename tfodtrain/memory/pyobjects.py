@@ -70,18 +70,20 @@ class ObjectGrowth:
         self.last: dict | None = None
         self._last_time: float | None = None
 
-    def baseline(self, step: int) -> None:
-        self.base, self.base_step = census(), step
+    def baseline(self, step: int, counts: collections.Counter | None = None) -> None:
+        """`counts`: a census already taken (tfodtrain.memory.census shares its pass over the objects)."""
+        self.base, self.base_step = (census() if counts is None else counts), step
 
-    def report(self, step: int, force: bool = False) -> dict | None:
-        """Growth since the baseline; the previous report if the last census is under a minute old."""
+    def report(self, step: int, force: bool = False, counts: collections.Counter | None = None) -> dict | None:
+        """Growth since the baseline; the previous report if the last census is under a minute old.
+        `counts`: a census already taken (then it is not taken again)."""
         if self.base is None:
             return None
         now = self.clock()
         if not force and self.last is not None and now - self._last_time < self.min_interval_s:
             return self.last
         started = time.perf_counter()
-        growing = growth(self.base, census(), step - self.base_step)
+        growing = growth(self.base, census() if counts is None else counts, step - self.base_step)
         self._last_time = now
         self.last = {"since_step": self.base_step, "step": step, "growing": growing,
                      "census_seconds": round(time.perf_counter() - started, 3)}
