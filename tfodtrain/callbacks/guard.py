@@ -14,7 +14,14 @@ failed one is a logged warning, and training goes on.
 
 TensorBoard, per pool, at every reading the guard judged: `guard/<pool>/slope_mib_per_min`,
 `guard/<pool>/confidence` (of growth) and, while it grows, `guard/<pool>/seconds_to_limit`; texts and
-markers `guard/warning`, `guard/insurance`, `guard/abort`.
+markers `guard/warning`, `guard/insurance`, `guard/abort`, `guard/leak_clues`.
+
+Leak clues (tfodtrain.callbacks.clues): at each warning and at the abort a census names the object that
+holds the growth (its path, items, bytes, growth per 100 steps and the line that adds to it), live
+TensorFlow tensors and variables, and retraced tf.functions: in the warning line (short), the TensorBoard
+text `guard/leak_clues` and `abort_report.json`'s `leak_clues`. It pauses training about a second on the
+smoke model (at most `max_seconds`, 20 s, after one pass over the objects); nothing of it runs before the
+first warning but a baseline at the first reading.
 """
 
 from __future__ import annotations
@@ -29,7 +36,7 @@ import time
 
 from tfodtrain import exit_codes
 from tfodtrain.callbacks.base import AbortRequest, RunCallback
-from tfodtrain.callbacks.clues import LeakClues
+from tfodtrain.callbacks.clues import LeakClues, markdown
 from tfodtrain.exit_codes import UserError
 from tfodtrain.memory.guard import MemoryGuard
 from tfodtrain.memory.policy import GuardSettings
@@ -75,7 +82,7 @@ class LeakGuard(RunCallback):
         self.settings = guard_settings(mode, settings, on_abort_command)
         self.insurance_every_s = insurance_interval(insurance_every_s)
         self.guard = MemoryGuard(self.settings)
-        self.clues = LeakClues()  # growing Python objects and retracing, for warnings and the abort report
+        self.clues = LeakClues()  # a census at warnings and the abort: holders, lines, tensors, retracing
         self.last_decision = None
         self.insurance: list[dict] = []  # every insurance save: step, pool, path, seconds, error
         self._insured_at: float | None = None  # monotonic time of the last insurance save (attempt)
@@ -87,6 +94,7 @@ class LeakGuard(RunCallback):
 
     def on_train_end(self, logs=None):
         self.run.memory.stop_background()
+        self.clues.stop()  # tracemalloc off, if a warning's census started it
 
     def on_train_batch_end(self, batch, logs=None):
         if self.settings.mode == "off":
@@ -101,9 +109,10 @@ class LeakGuard(RunCallback):
             self.last_decision = decision
             self._write_state(sample)
             if decision.action == "warn":
-                reason = decision.reason + self.clues.describe(sample.step)
+                reason = decision.reason + self.clues.describe(sample.step)  # a census: holder, line, retracing
                 log.warning("Leak guard at step %d: %s", sample.step, reason)
                 self._summary("guard/warning", reason, sample.step)
+                self._summary("guard/leak_clues", markdown(self.clues.last or {}), sample.step)
                 self._insure(decision)
             elif decision.action == "abort":
                 self._abort(decision, sample)
@@ -175,6 +184,7 @@ class LeakGuard(RunCallback):
         tmp.write_text(json.dumps(report, indent=2, default=str) + "\n")
         os.replace(tmp, path)
         self._summary("guard/abort", "```\n" + json.dumps(report, indent=2, default=str) + "\n```", sample.step)
+        self._summary("guard/leak_clues", markdown(report["leak_clues"]), sample.step)
         self.run.request_abort(AbortRequest(exit_codes.GUARD_ABORT, decision.reason, report))
         self.model.stop_training = True
         self._run_abort_command(report, path)
