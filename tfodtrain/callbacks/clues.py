@@ -29,7 +29,7 @@ import collections
 import logging
 import time
 
-from tfodtrain.memory.census import Census, describe_holder, gib, short_path
+from tfodtrain.memory.census import Census, clues_markdown as markdown, describe_holder, retrace_text, short_path
 from tfodtrain.memory.pyobjects import ObjectGrowth, describe
 
 log = logging.getLogger(__name__)
@@ -189,6 +189,7 @@ class LeakClues:
         self.functions: dict[int, int] = {}  # id(tf.function) -> trace count at the baseline / last census
         self.tensor_keys: collections.Counter | None = None  # (kind, dtype, shape) -> count then
         self.last: dict | None = None  # the last census's clues
+        self.top_lines: dict | None = None  # the lines whose live memory grew most, at the last tracemalloc read
         self.warnings = 0
 
     def _census(self) -> Census:
@@ -229,7 +230,9 @@ class LeakClues:
         try:
             census = self._census()
             census.prepare()  # tracemalloc read and stopped before anything else (if a census started it)
+            mark = time.perf_counter()
             scan = census.scan()
+            scan_s = round(time.perf_counter() - mark, 3)
             objects = self.objects.report(step, force=True, counts=scan["counts"])
             mark = time.perf_counter()
             tensors = self._tensors(scan["collected"])
@@ -238,10 +241,13 @@ class LeakClues:
             tensorflow_s = round(time.perf_counter() - mark, 3)
             result = census.run(step, scan=scan, trace=trace, untraced_note=untraced_note)  # tracemalloc on at its end
             del scan
-            result["timing"]["tensorflow_s"] = tensorflow_s
+            result["timing"].update(scan_s=scan_s, tensorflow_s=tensorflow_s)
+            if result["top_lines"]:  # read at this census; else the last read (tracemalloc alternates)
+                self.top_lines = {"read_at_step": step, "traced_since_step": result["tracing"].get("since_step"),
+                                  "lines": result["top_lines"]}
             clues = {"holders": result["holders"], "tensors": tensors,
                      "retracing": {**self.retracing.to_dict(), "functions": functions},
-                     "python_objects": objects, "top_lines": result["top_lines"],
+                     "python_objects": objects, "top_lines": self.top_lines,
                      "census": {k: result[k] for k in ("step", "since_step", "seconds", "timing", "census_bytes",
                                                        "tracemalloc_bytes", "tracing")}}
             clues["census"]["seconds"] = round(time.perf_counter() - started, 3)
@@ -293,7 +299,7 @@ class LeakClues:
         """At the abort: a census (tracemalloc read and stopped if a warning started it)."""
         note = None if self.warnings else (
             f"no warning came before the abort at step {step} (the first warning and the abort fell on the same "
-            "reading: a fast leak), so tracemalloc never ran; added_by names the code that adds to it, from its bytecode")
+            "reading: a fast leak), so tracemalloc never ran")
         clues = self.run(step, trace=False, untraced_note=note)
         for holder in clues.get("holders", []):
             log.warning("Leak clue: held by %s", describe_holder(holder))
@@ -330,40 +336,3 @@ def short_text(clues: dict) -> str:
     if clues.get("census_error"):
         parts.append(f"census failed: {clues['census_error']}")
     return "".join(f"; {p}" for p in parts)
-
-
-def retrace_text(f: dict) -> str:
-    args = ", ".join(f"'{a['argument']}' ({a['what']}: {', '.join(a['values'][:3])}{', ...' if a['distinct'] > 3 else ''})"
-                     for a in f["arguments"]) or "an argument (not told)"
-    return (f"tf.function {f['function']}" + (f" ({f['defined_at']})" if f.get("defined_at") else "")
-            + f" retraced {f['new_traces']} times ({f['traces']} traces) by {args}")
-
-
-def markdown(clues: dict) -> str:
-    """The clues as Markdown, for the TensorBoard text `guard/leak_clues` and report.md."""
-    lines = []
-    holders = clues.get("holders") or []
-    if holders:
-        lines += ["| holder | kind | items | bytes | growth per 100 steps | added at |", "|---|---|---|---|---|---|"]
-        for h in holders:
-            rate = "-" if h.get("growth_per_100_steps") is None else (
-                f"+{h['growth_per_100_steps']:g} items, +{gib(h.get('bytes_per_100_steps'))}")
-            added = h.get("added_at") or (f"(by {h['added_by'][0]}) " if h.get("added_by") else "") + \
-                f"({h.get('added_at_note', 'unknown')})"
-            lines.append(f"| `{h['path']}` | {h['kind']} | {h['items']} | {gib(h['bytes'])} | {rate} | {added} |")
-    else:
-        lines.append("No holder grew by more than the census's thresholds." if not clues.get("census_error")
-                     else f"The census failed: {clues['census_error']}")
-    for f in (clues.get("retracing") or {}).get("functions") or []:
-        lines.append(f"- {retrace_text(f)}")
-    tensors = clues.get("tensors") or {}
-    for device, d in (tensors.get("devices") or {}).items():
-        lines.append(f"- {device}: {d['tensors']} eager tensors ({gib(d['tensor_bytes'])}), "
-                     f"{d['variables']} variables ({gib(d['variable_bytes'])})")
-    for t in tensors.get("growing") or []:
-        lines.append(f"- growing: {t['kind']} {t['dtype']}{t['shape']} +{t['growth']} ({t['count']} live, {gib(t['bytes'])})")
-    census = clues.get("census") or {}
-    if census.get("seconds") is not None:
-        lines.append(f"- census at step {census['step']}: {census['seconds']} s, its own memory "
-                     f"{gib(census.get('census_bytes'))}; tracemalloc {census.get('tracing', {}).get('state', '?')}")
-    return "\n".join(lines)

@@ -781,3 +781,61 @@ def describe_holder(h: dict) -> str:
     elif h.get("added_by"):
         text += f" added to by {h['added_by'][0]}"
     return text
+
+
+# --------------------------------------------------------------------------------------------------
+# The clues as text (framework-free: the report renders them without TensorFlow)
+
+
+def retrace_text(f: dict) -> str:
+    args = ", ".join(f"'{a['argument']}' ({a['what']}: {', '.join(a['values'][:3])}{', ...' if a['distinct'] > 3 else ''})"
+                     for a in f["arguments"]) or "an argument (not told)"
+    return (f"tf.function {f['function']}" + (f" ({f['defined_at']})" if f.get("defined_at") else "")
+            + f" retraced {f['new_traces']} times ({f['traces']} traces) by {args}")
+
+
+def clues_markdown(clues: dict) -> str:
+    """`abort_report.json`'s `leak_clues` (or a warning's) as Markdown, for the TensorBoard text
+    `guard/leak_clues` and report.md: a table of holders, retraced functions, tensors per device, the census's cost."""
+    lines = []
+    holders = clues.get("holders") or []
+    if holders:
+        lines += ["| holder | kind | items | bytes | growth per 100 steps | added at |", "|---|---|---|---|---|---|"]
+        for h in holders:
+            rate = "-" if h.get("growth_per_100_steps") is None else (
+                f"+{h['growth_per_100_steps']:g} items, +{gib(h.get('bytes_per_100_steps'))}")
+            added = (f"{h['added_at']} ({h.get('added_at_source')})" if h.get("added_at") else
+                     f"? ({h.get('added_at_note', 'unknown')})")
+            lines.append(f"| `{h['path']}` | {h['kind']} | {h['items']} | {gib(h['bytes'])} | {rate} | {added} |")
+        lines.append("")
+    else:
+        lines.append("No holder grew by more than the census's thresholds." if not clues.get("census_error")
+                     else f"The census failed: {clues['census_error']}")
+    for f in (clues.get("retracing") or {}).get("functions") or []:
+        lines.append(f"- {retrace_text(f)}")
+    tensors = clues.get("tensors") or {}
+    for device, d in (tensors.get("devices") or {}).items():
+        lines.append(f"- {device}: {d['tensors']} eager tensors ({gib(d['tensor_bytes'])}), "
+                     f"{d['variables']} variables ({gib(d['variable_bytes'])})")
+    for t in tensors.get("growing") or []:
+        lines.append(f"- growing: {t['kind']} {t['dtype']}{t['shape']} +{t['growth']} ({t['count']} live, {gib(t['bytes'])})")
+    top = clues.get("top_lines") or {}
+    for entry in (top.get("lines") or [])[:3]:
+        lines.append(f"- traced: {entry['at']} +{gib(entry['bytes'])} live in {entry['count']} blocks "
+                     f"(tracemalloc, steps {top.get('traced_since_step')}-{top.get('read_at_step')})")
+    census = clues.get("census") or {}
+    if census.get("seconds") is not None:
+        lines.append(f"- census at step {census['step']}: {census['seconds']} s, its own memory "
+                     f"{gib(census.get('census_bytes'))}; tracemalloc {census.get('tracing', {}).get('state', '?')}")
+    return "\n".join(lines)
+
+
+def clues_caption(clues: dict | None) -> str | None:
+    """One line for a picture: `leak held by PATH (KIND, N items, X GiB) added at FILE:LINE`."""
+    holders = (clues or {}).get("holders") or []
+    if holders:
+        h = holders[0]
+        text = f"leak held by {h['path']} ({h['kind']}, {h['items']} items, {gib(h['bytes'])})"
+        return text + (f", added at {h['added_at']}" if h.get("added_at") else "")
+    functions = ((clues or {}).get("retracing") or {}).get("functions") or []
+    return f"leak clue: {retrace_text(functions[0])}" if functions else None
