@@ -535,7 +535,8 @@ def plot_report(record: RunRecord, path: Path) -> Path:
                 labels.append(label)
     fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 5), fontsize=8.5, frameon=False)
     experiment = (record.config or {}).get("experiment_name") or record.run_dir.name
-    fig.suptitle(f"{experiment}: {outcome(record)}", fontsize=12, x=0.01, ha="left")
+    caption = leak_clue_caption(record)  # the abort's leak clue: the holder and its line
+    fig.suptitle(f"{experiment}: {outcome(record)}" + (f"\n{caption}" if caption else ""), fontsize=12, x=0.01, ha="left")
     fig.tight_layout(rect=(0, 0.03 + 0.05 / len(views), 1, 0.97))
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -663,6 +664,33 @@ def _draw_markers(ax, record: RunRecord, axis: str, unit: float) -> None:
 
 
 # --------------------------------------------------------------------------------------------------
+# Leak clues (abort_report.json's `leak_clues`, rendered by tfodtrain.memory.census)
+
+
+def _leak_clues(record: RunRecord) -> dict | None:
+    clues = (record.abort_report or {}).get("leak_clues")
+    return clues if isinstance(clues, dict) and "holders" in clues else None  # older reports: no holders
+
+
+def leak_clue_caption(record: RunRecord) -> str | None:
+    """The PNG's line: what holds the leak and the line that adds to it (None without an abort's clues)."""
+    from tfodtrain.memory.census import clues_caption
+
+    return clues_caption(_leak_clues(record))
+
+
+def leak_clue_lines(record: RunRecord) -> list[str]:
+    """report.md's `## Leak clues` section: the abort's holders, retracing, tensors and the census's cost."""
+    clues = _leak_clues(record)
+    if clues is None:
+        return []
+    from tfodtrain.memory.census import clues_markdown
+
+    step = (clues.get("census") or {}).get("step", (record.abort_report or {}).get("step", "?"))
+    return ["", "## Leak clues", "", f"At the abort (census at step {step}):", "", clues_markdown(clues)]
+
+
+# --------------------------------------------------------------------------------------------------
 # The page
 
 
@@ -713,6 +741,7 @@ def write_markdown(record: RunRecord, path: Path, image_name: str) -> Path:
                       "at: " + ", ".join(f"step {step} ({pool})" for step, pool in sorted(replayed)) + "."]
     else:
         lines.append("None.")
+    lines += leak_clue_lines(record)
     stops = record.of_kind("stop")
     if stops:
         lines += ["", "## Other stops", ""] + [f"- step {s.step}: {s.label}" for s in stops]
