@@ -280,6 +280,8 @@ def find_paths(targets: list, *, depth: int = 12, deadline: float | None = None,
                 if id(parent) in visited or isinstance(parent, types.FrameType):
                     continue
                 label = _edge(parent, child.obj)
+                if not label and isinstance(parent, (types.FunctionType, type, types.CodeType)):
+                    continue  # a function's globals, a class's bases or MRO: no path a person would follow
                 next_frontier.append(_Node(parent, child.target, ([label] if label else []) + child.labels))
         for node in next_frontier:
             visited.add(id(node.obj))
@@ -380,12 +382,26 @@ def default_transparent(obj) -> bool:
 
 
 def _user_frame(traceback) -> tuple[str, int] | None:
-    """The innermost frame outside the standard library and site-packages (else the innermost)."""
-    frames = list(traceback)  # oldest first
-    for frame in reversed(frames):
+    """The innermost frame outside the standard library and site-packages; None if all are inside."""
+    for frame in reversed(list(traceback)):  # oldest first
         if not _is_library(frame.filename):
             return frame.filename, frame.lineno
-    return (frames[-1].filename, frames[-1].lineno) if frames else None
+    return None
+
+
+def _children(item, n: int = 2) -> list:
+    """A few of what an item holds (a container's newest, a mapping's values, an object's attributes):
+    allocated where the item was filled, fewer frames below the code that made it."""
+    try:
+        if isinstance(item, HOLDER_TYPES + (tuple,)):
+            return newest_items(item, n)
+        values = getattr(item, "values", None)
+        if callable(values) and hasattr(item, "keys"):
+            return list(values())[-n:]
+        inner = getattr(item, "__dict__", None)
+        return list(inner.values())[-n:] if isinstance(inner, dict) else []
+    except Exception:  # noqa: BLE001
+        return []
 
 
 _FUNCTIONS_OF_FILE: dict[str, list] = {}
@@ -436,7 +452,7 @@ def newest_items(holder, n: int = 5) -> list:
 def allocated_at(holder) -> str | None:
     """Where the holder's newest items were allocated (tracemalloc must have been on then)."""
     for item in newest_items(holder):
-        for obj in (item, *(newest_items(item, 2) if isinstance(item, HOLDER_TYPES + (tuple,)) else ())):
+        for obj in (item, *_children(item)):
             traceback = tracemalloc.get_object_traceback(obj)
             if traceback is not None:
                 frame = _user_frame(traceback)
@@ -513,7 +529,7 @@ class Census:
 
     def __init__(self, *, sizer=None, collect: tuple = (), transparent=default_transparent, min_items: int = 32,
                  min_growth_items: int = 16, min_bytes: int = 1 << 20, top: int = 5, size_depth: int = 4,
-                 sample_items: int = 64, path_depth: int = 12, max_seconds: float = 20.0, trace_frames: int = 12,
+                 sample_items: int = 64, path_depth: int = 12, max_seconds: float = 20.0, trace_frames: int = 4,
                  top_lines: int = 5):
         self.sizer, self.collect, self.transparent = sizer, tuple(collect), transparent
         self.min_items, self.min_growth_items, self.min_bytes, self.top = min_items, min_growth_items, min_bytes, top
@@ -632,8 +648,11 @@ class Census:
         since = self.step
         steps = step - since if since is not None and step > since else None
         previous = self.lengths or {}
+        namespaces = {id(vars(m)) for m in list(sys.modules.values()) if hasattr(m, "__dict__")}
         candidates = []
         for obj in scan["big"]:
+            if id(obj) in namespaces:
+                continue  # a module's globals grow as it is imported
             n = len(obj)
             before = previous.get(id(obj))
             grown = n - before[1] if before is not None and before[0] == type(obj).__name__ else n
