@@ -220,6 +220,12 @@ class _Window:
         self.trends = [self.trend] if self.trend is not None else []
 
 
+def _slows_down(trend: _Trend) -> bool:
+    """Growth that clearly slows down within the window: its time constant is at most three spans
+    (a straight line's is infinite, or, by noise, many spans)."""
+    return trend.settle_s <= 3.0 * max(trend.summary["span_s"], 1.0)
+
+
 def _rises(chunks: Sequence[_Chunk], noise: float) -> bool:
     third = max(1, len(chunks) // 3)
     return _median([c.min_used for c in chunks[-third:]]) - _median([c.min_used for c in chunks[:third]]) >= noise
@@ -501,7 +507,7 @@ class TrendDetector:
         # it slows down, in the run's first SETTLING_S, the fast windows do not speak (the long
         # windows still do). A start-up that levelled off before its cap gets no such allowance.
         settling_start = self._startup_capped and base.time_s - self._first[1] < SETTLING_S and any(
-            w.fast and w.trends and math.isfinite(w.trends[-1].settle_s) for w in self.windows)
+            _slows_down(self._longest_since_startup(w)) for w in self.windows if w.fast and w.trends)
         for window in self.windows:
             if window.fast and window.trends:
                 noise = noise if noise is not None else self._reading_noise(base.limit_bytes)
@@ -532,6 +538,12 @@ class TrendDetector:
             return base
         return self._assessment(base, *best, growing=not best_key[0], seconds=best_key[1],
                                 noise=noise if best[0].fast else None)
+
+    @staticmethod
+    def _longest_since_startup(window: _Window) -> _Trend:
+        """The window's longest fit that starts after the start-up (its shortest if none does yet)."""
+        judged = [t for t in window.trends if t.first_time >= window.judged_from]
+        return judged[-1] if judged else window.trends[0]
 
     def _reading_noise(self, limit: int) -> float:
         """Sigma of the reading noise, from the spread of recent reading-to-reading changes (MAD:
