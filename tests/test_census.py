@@ -128,3 +128,34 @@ def test_paths_look_through_wrappers_and_name_dict_keys():
     paths = find_paths([items, model.caches["by_step"]["x"]])
     assert paths[id(items)]["path"] == "Model.history"
     assert paths[id(model.caches["by_step"]["x"])]["path"] == "Model.caches['by_step']['x']"
+
+
+def test_the_census_and_its_text_import_neither_tensorflow_nor_hydra():
+    import subprocess
+    import sys
+
+    code = ("import sys, tfodtrain.memory.census, tfodtrain.memory.pyobjects; "
+            "print(sorted(m for m in ('tensorflow', 'tf_keras', 'hydra', 'omegaconf') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.stdout.strip() == "[]", done.stderr[-2000:]
+
+
+def test_clue_text_for_the_warning_the_report_and_the_picture():
+    from tfodtrain.memory.census import clues_caption, clues_markdown
+
+    holder = {"path": "KeepDetections.kept", "kind": "list", "items": 3040, "bytes": 5 << 30, "growth_items": 800,
+              "growth_per_100_steps": 800.0, "bytes_per_100_steps": 1 << 30, "added_at_source": "tracemalloc",
+              "added_at": "tfodtrain/callbacks/leak_demo.py:69 in KeepDetections.on_train_batch_end"}
+    retraced = {"function": "scaled_loss", "defined_at": "x.py:3", "traces": 40, "new_traces": 20,
+                "arguments": [{"argument": "step", "what": "Python int value", "distinct": 40, "values": ["0", "1", "2"]}]}
+    clues = {"holders": [holder], "retracing": {"functions": [retraced]},
+             "tensors": {"devices": {"CPU:0": {"tensors": 3, "tensor_bytes": 12, "variables": 2, "variable_bytes": 8}}},
+             "census": {"step": 96, "seconds": 1.2, "census_bytes": 6 << 20, "tracing": {"state": "off"}}}
+    assert describe_holder(holder) == ("KeepDetections.kept (list, 3040 items, 5.0 GiB, +800 items per 100 steps) "
+                                       "added at tfodtrain/callbacks/leak_demo.py:69 in KeepDetections.on_train_batch_end")
+    assert clues_caption(clues) == ("leak held by KeepDetections.kept (list, 3040 items, 5.0 GiB), added at "
+                                    "tfodtrain/callbacks/leak_demo.py:69 in KeepDetections.on_train_batch_end")
+    text = clues_markdown(clues)
+    assert "| `KeepDetections.kept` | list | 3040 | 5.0 GiB | +800 items, +1.0 GiB |" in text
+    assert "tf.function scaled_loss (x.py:3) retraced 20 times (40 traces) by 'step' (Python int value: 0, 1, 2, ...)" in text
+    assert "census at step 96: 1.2 s, its own memory 6.0 MiB" in text
