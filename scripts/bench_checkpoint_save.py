@@ -58,21 +58,12 @@ class PeakRss(threading.Thread):
 
 def build(cfg):
     """Model, optimizer and one trained step, as train.py builds them."""
-    import tensorflow as tf  # noqa: F401
-    from official.core import task_factory
+    from tfodtrain import experiment
 
-    from tfodtrain.train import build_experiment, make_trainer_model, resolve_data
-
-    data = resolve_data(cfg)
-    params = build_experiment(cfg, data)
-    task = task_factory.get_task(params.task, logging_dir=str(cfg.run_dir))
-    detector = task.build_model()
-    optimizer = task.create_optimizer(params.trainer.optimizer_config, params.runtime)
-    trainer_model = make_trainer_model(task, detector)
-    trainer_model.compile(optimizer=optimizer)
-    train_ds = task.build_inputs(params.task.train_data)
-    trainer_model.fit(train_ds, epochs=1, steps_per_epoch=1, verbose=0)  # the optimizer's slots, as in a run
-    return detector, optimizer
+    exp = experiment.build(cfg, experiment.resolve_data(cfg), logging_dir=str(cfg.run_dir)).build_trainer()
+    train_ds = exp.task.build_inputs(exp.params.task.train_data)
+    exp.trainer_model.fit(train_ds, epochs=1, steps_per_epoch=1, verbose=0)  # the optimizer's slots, as in a run
+    return exp.detector, exp.optimizer
 
 
 def trim_heap() -> None:

@@ -80,14 +80,14 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
     from tfodtrain.benchmarking import overhead_summary
-    from tfodtrain.train import train
+    from tfodtrain.entry import execute
 
     run_dir = Path(tempfile.mkdtemp(prefix="bench_overhead_"))
     cfg = build_config(args, run_dir)
     print(f"bench_overhead: smoke, {args.pairs} blocks with and {args.pairs} without, {args.block_steps} steps each "
           f"after {args.warmup_steps} warm-up steps; memory.interval_steps={cfg.memory.interval_steps}; "
           f"run dir {run_dir}", flush=True)
-    train(cfg)
+    execute(cfg)
     blocks = json.loads((run_dir / "overhead_blocks.json").read_text())["blocks"]
     for block in blocks:
         print(f"block {block['block']:2d} {'with   ' if block['with'] else 'without'} "

@@ -14,7 +14,7 @@ the other; the order alternates between pairs):
   leak clues takes seconds; the first, tracing, execution is before it) to the last execution's end.
   Its metrics.json figure (ThroughputMeter: from the end of the first execution) is printed too.
 - Model Garden: `official.core.train_lib.run_experiment(mode="train")`, orbit's Controller and Model
-  Garden's Trainer, on the params `tfodtrain.train.build_experiment` makes from the same composed
+  Garden's Trainer, on the params `tfodtrain.experiment.build` makes from the same composed
   config (same task, model, data, optimizer, seed). Its trainer intervals are set to what the tfodtrain
   run does: loops of `--steps-per-loop` steps (default: memory.interval_steps, the tfodtrain run's most
   frequent host-side work; orbit fetches the loss, logs and writes summaries once per loop), summaries
@@ -101,7 +101,8 @@ def _run(command: list[str], run_dir: Path) -> float:
 
 
 def child_model_garden(args) -> None:
-    from tfodtrain.benchmarking import compose_run_config, train_model_garden
+    from tfodtrain.bench_model_garden import train_model_garden
+    from tfodtrain.benchmarking import compose_run_config
 
     cfg = compose_run_config(common_overrides(args), run_dir=args.child_model_garden)
     result = train_model_garden(cfg, steps_per_loop=args.steps_per_loop, start_step=args.start_step)

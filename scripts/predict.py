@@ -74,8 +74,9 @@ class Detector:
     def _from_run_dir(cls, run_dir: Path, checkpoint: str | None) -> "Detector":
         from omegaconf import OmegaConf
 
-        from tfodtrain.train import resolve_data
-        from tfodtrain.use import find_checkpoint, load_serving_module
+        from tfodtrain.checkpoint_files import find_checkpoint
+        from tfodtrain.experiment import resolve_data
+        from tfodtrain.export import load_serving_module
 
         cfg = OmegaConf.load(run_dir / "config.yaml")  # the resolved config the run was trained with
         checkpoint = find_checkpoint(checkpoint or run_dir, "--checkpoint")

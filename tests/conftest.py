@@ -1,16 +1,26 @@
-"""Shared fixtures: compose configs like the CLI does, run the CLI, and one trained smoke run per session."""
+"""Fixtures: the shapes-data cache, one trained smoke run per session, a TensorBoard server over it.
+
+Helpers the tests import live in tests/helpers/ (`from helpers.cli import run_cli`). Every test that
+trains is marked `slow`; a test that asks for `smoke_run` (it trains) without the mark stops collection.
+"""
 
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
-SHARED_TRACES = REPO.parent / "shared" / "leak_traces"
+from helpers.cli import run_cli
+
+TRAINING_FIXTURES = ("smoke_run", "tensorboard_url")
+
+
+def pytest_collection_modifyitems(config, items):
+    unmarked = [item.nodeid for item in items if set(TRAINING_FIXTURES) & set(getattr(item, "fixturenames", ()))
+                and item.get_closest_marker("slow") is None]
+    if unmarked:
+        raise pytest.UsageError("these tests train (through smoke_run) and are not marked slow: " + ", ".join(unmarked))
 
 
 @pytest.fixture(scope="session")
@@ -21,38 +31,19 @@ def data_cache(tmp_path_factory) -> Path:
     return path
 
 
-def compose_config(overrides: list[str], run_dir: Path | None = None):
-    """The config `python -m tfodtrain OVERRIDES` would run, with run_dir set (no Hydra runtime here)."""
-    from hydra import compose, initialize_config_dir
-
-    from tfodtrain.paths import config_dir
-
-    extra = [f"run_dir={run_dir}"] if run_dir is not None else []
-    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3", job_name="test"):
-        return compose(config_name="config", overrides=list(overrides) + extra)
-
-
-def run_cli(args: list[str], run_dir: Path | None = None, timeout: float = 600, env: dict | None = None,
-            module: str = "tfodtrain") -> subprocess.CompletedProcess:
-    """`python -m tfodtrain ARGS [hydra.run.dir=RUN_DIR]` in a subprocess; output captured as text."""
-    full_env = dict(os.environ, PYTHONUNBUFFERED="1", TF_CPP_MIN_LOG_LEVEL="2")
-    full_env.update(env or {})
-    extra = [f"hydra.run.dir={run_dir}"] if run_dir is not None else []
-    return subprocess.run([sys.executable, "-m", module, *args, *extra], capture_output=True, text=True,
-                          timeout=timeout, env=full_env, cwd=REPO)
-
-
 @pytest.fixture(scope="session")
 def smoke_run(tmp_path_factory, data_cache) -> Path:
     """A finished `+experiment=smoke` run dir, trained once per session and shared (read-only!).
 
-    TFODTRAIN_TEST_SMOKE_RUN=DIR reuses a finished smoke run dir instead (for quick local iterations).
+    Its console output is kept beside it, in ../console.txt. TFODTRAIN_TEST_SMOKE_RUN=DIR reuses a
+    finished smoke run dir instead (for quick local iterations).
     """
     reuse = os.environ.get("TFODTRAIN_TEST_SMOKE_RUN")
     if reuse:
         return Path(reuse)
     run_dir = tmp_path_factory.mktemp("smoke") / "run"
     result = run_cli(["+experiment=smoke"], run_dir=run_dir)
+    (run_dir.parent / "console.txt").write_text(result.stdout + result.stderr)
     assert result.returncode == 0, result.stderr[-3000:]
     return run_dir
 

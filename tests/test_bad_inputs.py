@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from _records import corrupt_data_crc, example, good_records, write
-from conftest import run_cli
+from helpers.records import corrupt_data_crc, example, good_records, write
+from helpers.cli import run_cli
 
 SMOKE = "+experiment=smoke"
 
@@ -83,6 +83,7 @@ def _hashes(root: Path) -> dict:
             if p.is_file()}
 
 
+@pytest.mark.slow
 def test_every_bad_input_gets_one_line_and_exit_2_and_leaves_the_run_dir_alone(smoke_run, bad_data, tmp_path):
     run_dir = tmp_path / "run"
     shutil.copytree(smoke_run, run_dir)

@@ -109,6 +109,7 @@ def run_colored_pixels(screenshot: Image.Image, rect: list, css_color: str) -> i
     return int(((opacity.min(axis=2) > 0.5) & (np.ptp(opacity, axis=2) < 0.12)).sum())
 
 
+@pytest.mark.slow
 def test_time_series_page_renders_the_memory_charts(browser, tensorboard_url, smoke_run, tmp_path):
     rows = list(read_trace(smoke_run / "memory_trace_host.csv"))
     wanted = {"memory/host/used_mib": rows[-1].used_bytes / MIB, "memory/host/limit_mib": rows[-1].limit_bytes / MIB}
@@ -137,6 +138,7 @@ def _shows(text: str, value: float) -> bool:
     return any(abs(v - value) <= max(0.01, 1e-4 * value) for v in shown)
 
 
+@pytest.mark.slow
 def test_custom_scalars_page_charts_used_against_limit(browser, tensorboard_url, tmp_path):
     browser.get(f"{tensorboard_url}/#custom_scalars")
 

@@ -23,7 +23,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, run_cli
+from helpers.cli import run_cli
+from helpers.repo import REPO
 
 tf = pytest.importorskip("tensorflow")
 tf_keras = pytest.importorskip("tf_keras")

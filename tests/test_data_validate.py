@@ -7,7 +7,7 @@ import sys
 import pytest
 from omegaconf import OmegaConf
 
-from _records import corrupt_data_crc, example, good_records, write
+from helpers.records import corrupt_data_crc, example, good_records, write
 from tfodtrain.data import validate
 from tfodtrain.data.validate import check_example, iter_records, scan_records, validate_data
 from tfodtrain.exit_codes import UserError

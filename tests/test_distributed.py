@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO
+from helpers.repo import REPO
 from tfodtrain.checkpoint_files import latest_step
 from tfodtrain.distribute import scratch_checkpoint_dir, worker_role, worker_run_dir
 from tfodtrain.exit_codes import UserError

@@ -17,7 +17,7 @@ import signal
 
 import pytest
 
-from conftest import compose_config, run_cli
+from helpers.cli import compose_config, run_cli
 
 tf = pytest.importorskip("tensorflow")
 tf_keras = pytest.importorskip("tf_keras")

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import pytest
+
 import json
 import subprocess
 import sys
 
 from tensorboard.backend.event_processing import event_accumulator
 
-from conftest import REPO, SHARED_TRACES
+from helpers.repo import REPO, SHARED_TRACES
 from tfodtrain.callbacks.monitor import MemorySampler
 from tfodtrain.memory.probes import GpuReading, HostProbe
 from tfodtrain.memory.traces import HEADER_LINE, read_trace
@@ -83,6 +85,7 @@ def _scalars(run_dir):
     return events
 
 
+@pytest.mark.slow
 def test_tensorboard_tags_read_back(smoke_run):
     events = _scalars(smoke_run)
     tags = set(events.Tags()["scalars"]) | set(events.Tags().get("tensors", []))
@@ -97,6 +100,7 @@ def test_tensorboard_tags_read_back(smoke_run):
     assert "custom_scalars" in events.PluginAssets("custom_scalars") or events.PluginTagToContent("custom_scalars")
 
 
+@pytest.mark.slow
 def test_trace_files_follow_the_shared_format(smoke_run):
     path = smoke_run / "memory_trace_host.csv"
     lines = path.read_text().splitlines()

@@ -8,7 +8,7 @@ import re
 import numpy as np
 import pytest
 
-from conftest import compose_config, run_cli
+from helpers.cli import compose_config, run_cli
 from tfodtrain.exit_codes import UserError
 from tfodtrain.preflight import Trial, largest_fitting
 
@@ -100,26 +100,27 @@ def test_preflight_step_leaves_weights_optimizer_and_data_as_they_were(data_cach
     from official.core import task_factory
 
     from tfodtrain import preflight
-    from tfodtrain.train import build_experiment, make_trainer_model, resolve_data
+    from tfodtrain.experiment import TaskTrainer, build_experiment, resolve_data
+    from tfodtrain.preflight.step import _optimizer_variables
 
     cfg = compose_config(["+experiment=smoke"], tmp_path / "run")
     tf_keras.utils.set_random_seed(0)
     params = build_experiment(cfg, resolve_data(cfg))
     task = task_factory.get_task(params.task)
     detector = task.build_model()
-    model = make_trainer_model(task, detector)
+    model = TaskTrainer(task, detector)
     model.compile(optimizer=task.create_optimizer(params.trainer.optimizer_config, params.runtime))
     tf_keras.utils.set_random_seed(0)  # the pipeline's random ops take their seeds from here when it is built
     train_ds = task.build_inputs(params.task.train_data)
     preflight.create_optimizer_variables(model)
-    before = {v.name: v.numpy() for v in list(model.variables) + preflight._optimizer_variables(model.optimizer)}
+    before = {v.name: v.numpy() for v in list(model.variables) + _optimizer_variables(model.optimizer)}
     assert any("momentum" in name for name in before) and before[model.optimizer.iterations.name] == 0
 
     trials = preflight.StepTrials(model, task, params.task.train_data, lambda ds: ds, [])
     report, chosen = preflight.check_memory(cfg, trials, gpu_count=0, auto_batch=False)
     assert report["fits"] and chosen is None and report["peaks"]["host"] > 0
 
-    after = {v.name: v.numpy() for v in list(model.variables) + preflight._optimizer_variables(model.optimizer)}
+    after = {v.name: v.numpy() for v in list(model.variables) + _optimizer_variables(model.optimizer)}
     assert after.keys() == before.keys()
     changed = [name for name in before if not np.array_equal(before[name], after[name])]
     assert changed == []

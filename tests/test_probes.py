@@ -19,6 +19,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from helpers.run_if import needs_gpu
 from tfodtrain.memory import probes
 from tfodtrain.memory.probes import (
     GpuReading,
@@ -372,3 +373,10 @@ def test_blocker_would_catch_a_framework_import():
     done = _run_python("-c", _BLOCKED_RUN.replace('"tfodtrain.memory"', '"hydra"'))
     assert done.returncode != 0
     assert "blocked: hydra" in done.stderr
+
+
+@needs_gpu
+def test_nvml_reads_every_real_gpu_with_its_limit():
+    readings = NvmlProbe().read()
+    assert readings and all(r.ok and r.total_bytes > 0 for r in readings), readings
+    assert all(gpu_limit_bytes(r) is not None and 0 < gpu_limit_bytes(r) <= r.total_bytes for r in readings)

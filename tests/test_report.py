@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import REPO
+from helpers.repo import REPO
 from tfodtrain.exit_codes import UserError
 from tfodtrain.memory.replay import replay_rows
 from tfodtrain.memory.traces import HEADER_LINE, read_trace
@@ -73,6 +73,7 @@ def aborted_run(tmp_path_factory) -> Path:
     return first_process_only(RESTARTED, tmp_path_factory.mktemp("aborted") / "run")
 
 
+@pytest.mark.slow
 def test_report_of_the_finished_smoke_run(smoke_run, tmp_path):
     make_report(smoke_run, tmp_path)  # in this process (the CLI runs in the aborted-run test)
     assert not (smoke_run / "report.md").exists()  # an out dir leaves the (shared, read-only) run dir untouched

@@ -19,7 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, run_cli
+from helpers.cli import run_cli
+from helpers.repo import REPO
 from tfodtrain.checkpoint_files import latest_step
 from tfodtrain.supervise import FAULT_LOG, RESTARTS_FILE, Supervisor, describe_end, exit_code_of
 

@@ -43,6 +43,7 @@ def smoke_events(smoke_run):
     return load_events(smoke_run)
 
 
+@pytest.mark.slow
 def test_custom_scalars_layout_charts_used_against_limit_per_pool(smoke_run, smoke_events):
     content = smoke_events.Tensors(custom_scalar_metadata.CONFIG_SUMMARY_TAG)[-1]
     layout = layout_pb2.Layout.FromString(tensor_util.make_ndarray(content.tensor_proto).item())
@@ -56,6 +57,7 @@ def test_custom_scalars_layout_charts_used_against_limit_per_pool(smoke_run, smo
         assert {f"memory/{pool}/used_mib", f"memory/{pool}/limit_mib"} <= matched, (pattern, matched)
 
 
+@pytest.mark.slow
 def test_resolved_config_is_a_text_summary(smoke_run, smoke_events):
     ((step, text),) = values(smoke_events, "config/resolved")
     text = text.decode()
@@ -65,6 +67,7 @@ def test_resolved_config_is_a_text_summary(smoke_run, smoke_events):
     assert text[len("```yaml\n"):].rstrip().removesuffix("```").strip() == saved.strip()
 
 
+@pytest.mark.slow
 def test_hparams_name_the_run_and_its_final_metrics(smoke_run, smoke_events):
     content = smoke_events.PluginTagToContent("hparams")
     start = hparams_metadata.parse_session_start_info_plugin_data(content[hparams_metadata.SESSION_START_INFO_TAG])
@@ -104,6 +107,7 @@ def test_every_guard_abort_is_a_text_summary_of_its_report():
     assert [f"exit 75: {a['reason']}" for a in aborts] == stopped
 
 
+@pytest.mark.slow
 def test_progress_lines_report_rate_eta_loss_and_memory(smoke_run, smoke_events):
     """ProgressLogger's lines in the smoke run's log (Hydra's job log, beside the run's other files)."""
     log_text = "\n".join(p.read_text() for p in smoke_run.glob("*.log"))
@@ -119,6 +123,7 @@ def test_progress_lines_report_rate_eta_loss_and_memory(smoke_run, smoke_events)
     assert lines[-1][2] == "0m00s"  # nothing left at the last step
 
 
+@pytest.mark.slow
 def test_tensorboard_server_serves_the_memory_review(tensorboard_url, smoke_run):
     """A real `tensorboard --logdir SMOKE_RUN`: the memory tags, the custom-scalars chart, the config text, hparams."""
     runs = get_json(f"{tensorboard_url}/data/runs")

@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from conftest import compose_config, run_cli
+from helpers.cli import compose_config, run_cli
 from tfodtrain.callbacks.base import RunCallback, RunContext
 
 # memory.interval_s=3600: readings by steps only here (the first execution, tracing, takes over the default 5 s)
@@ -105,10 +105,11 @@ def test_default_callbacks_get_tensor_logs_without_a_per_step_sync(tmp_path, dat
     import tf_keras
     from hydra.utils import instantiate
 
-    from tfodtrain.train import _internal_callbacks
+    from tfodtrain.callbacks.signals import SignalCheckpoint
+    from tfodtrain.callbacks.throughput import ThroughputMeter
 
     cfg = compose_config(["+experiment=smoke"], run_dir=tmp_path)
-    callbacks = [*_internal_callbacks(), *(instantiate(spec) for spec in cfg.callbacks.values())]
+    callbacks = [ThroughputMeter(), SignalCheckpoint(), *(instantiate(spec) for spec in cfg.callbacks.values())]
     assert all(callback._supports_tf_logs for callback in callbacks)
     # Keras syncs the logs to numpy before every batch hook unless all callbacks with batch hooks opt out.
     assert tf_keras.callbacks.CallbackList(callbacks, add_history=True)._batch_hooks_support_tf_logs
@@ -118,7 +119,7 @@ def test_mixed_float16_gets_loss_scaling(tmp_path, data_cache):
     import tf_keras
     from official.core import task_factory
 
-    from tfodtrain.train import build_experiment, resolve_data
+    from tfodtrain.experiment import build_experiment, resolve_data
 
     cfg = compose_config(["+experiment=smoke", "trainer.mixed_precision=mixed_float16"], run_dir=tmp_path)
     params = build_experiment(cfg, resolve_data(cfg))

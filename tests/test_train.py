@@ -10,7 +10,8 @@ import sys
 
 import pytest
 
-from conftest import REPO, compose_config, run_cli
+from helpers.cli import compose_config, run_cli
+from helpers.repo import REPO
 from tfodtrain.config_checks import available_experiments, check_config
 
 EXPERIMENTS = ["ssd", "retinanet", "smoke", "leak_demo"]
@@ -22,7 +23,7 @@ def test_all_experiments_exist():
 
 @pytest.mark.parametrize("name", EXPERIMENTS)
 def test_experiment_composes_into_a_model_garden_config(name, tmp_path):
-    from tfodtrain.train import build_experiment
+    from tfodtrain.experiment import build_experiment
 
     cfg = compose_config([f"+experiment={name}"], run_dir=tmp_path)
     check_config(cfg)
@@ -43,7 +44,7 @@ def test_experiment_composes_into_a_model_garden_config(name, tmp_path):
 
 def test_learning_rate_warms_up_then_decays_to_zero_at_the_last_step(tmp_path):
     from official.modeling import optimization
-    from tfodtrain.train import build_experiment
+    from tfodtrain.experiment import build_experiment
 
     cfg = compose_config(["+experiment=ssd", "trainer.steps=600", "trainer.warmup_steps=60",
                           "trainer.learning_rate=0.08"], run_dir=tmp_path)
@@ -79,6 +80,7 @@ def test_unknown_experiment_lists_the_available_ones(tmp_path):
     assert "unknown experiment 'ssdd'" in result.stderr and "retinanet" in result.stderr
 
 
+@pytest.mark.slow
 def test_smoke_run_writes_everything(smoke_run):
     metrics = json.loads((smoke_run / "metrics.json").read_text())
     for key in ("AP", "AP50", "AP75", "steps", "train_seconds", "steps_per_second"):
@@ -145,3 +147,18 @@ def test_wheel_carries_the_configs(tmp_path):
     result = subprocess.run([str(python), "-c", code], capture_output=True, text=True, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip().endswith("ssd 320")
+
+
+NOISE = ("Input dict contained keys", "Gradients do not exist", "round_filter", "stochastic_depth_drop_rate",
+         "cpu_feature_guard", "oneDNN custom operations")
+
+
+@pytest.mark.slow
+def test_smoke_run_console_starts_with_what_runs_and_has_no_library_chatter(smoke_run):
+    console = (smoke_run.parent / "console.txt").read_text()
+    for noise in NOISE:
+        assert noise not in console, noise
+    assert not [line for line in console.splitlines() if " I " in line[:40] and ".cc:" in line]  # TF C++ INFO
+    for start in ("smoke: train mobilenet MobileNetV2 + fpn", "data: shapes", "devices: ", "run dir: ", "leak guard: "):
+        assert start in console, start
+    assert console.index("run dir: ") < console.index("Training smoke for 6 steps")

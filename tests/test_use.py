@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import REPO, compose_config, run_cli
+from helpers.cli import compose_config, run_cli
+from helpers.repo import REPO
 from tfodtrain.callbacks.evaluation import REPORTED_METRICS
 
 SHAPE_NAMES = {"rectangle", "ellipse", "triangle"}
@@ -35,17 +36,17 @@ def evaluated(run_copy):
 
 @pytest.fixture(scope="module")
 def exported(run_copy) -> Path:
-    """`mode=export` of the run copy (in-process: the CLI path is the same `run_mode`)."""
-    from tfodtrain.use import run_mode
+    """`mode=export` of the run copy (in-process: the CLI path is the same `entry.execute`)."""
+    from tfodtrain.entry import execute
 
-    run_mode(compose_config(["+experiment=smoke", "mode=export"], run_dir=run_copy))
+    execute(compose_config(["+experiment=smoke", "mode=export"], run_dir=run_copy))
     return run_copy / "export"
 
 
 @pytest.fixture(scope="module")
 def reference(smoke_run):
     """The smoke model with the weights of the smoke run's last checkpoint (restored through `model/`)."""
-    from tfodtrain.use import restore_detector
+    from tfodtrain.checkpointing import restore_detector
 
     _, detector, params = _task_and_detector([], smoke_run)
     assert restore_detector(detector, params, str(smoke_run / "checkpoints" / "ckpt-6")) == 6
@@ -92,6 +93,7 @@ def _one_line_error(text: str) -> str:
 # mode=eval
 
 
+@pytest.mark.slow
 def test_eval_reproduces_the_metrics_training_reported(evaluated, run_copy, smoke_run):
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
     trained = json.loads((run_copy / "metrics.json").read_text())
@@ -106,6 +108,7 @@ def test_eval_reproduces_the_metrics_training_reported(evaluated, run_copy, smok
     assert not list(smoke_run.glob("eval_*.json"))  # the shared run was not written to
 
 
+@pytest.mark.slow
 def test_eval_writes_tensorboard_at_the_checkpoint_step(evaluated, run_copy):
     from tensorboard.backend.event_processing import event_accumulator
     from tensorboard.util import tensor_util
@@ -120,7 +123,7 @@ def test_eval_writes_tensorboard_at_the_checkpoint_step(evaluated, run_copy):
 
 
 def test_eval_without_a_checkpoint_is_one_line_exit_2(tmp_path, capsys):
-    from tfodtrain.train import run
+    from tfodtrain.entry import run
 
     run_dir = tmp_path / "fresh"
     run_dir.mkdir()
@@ -134,6 +137,7 @@ def test_eval_without_a_checkpoint_is_one_line_exit_2(tmp_path, capsys):
 # mode=export, predict
 
 
+@pytest.mark.slow
 def test_export_serves_uint8_images_with_plain_tensorflow(exported, run_copy, val_images):
     import tensorflow as tf
 
@@ -166,6 +170,7 @@ def test_export_serves_uint8_images_with_plain_tensorflow(exported, run_copy, va
         assert set(classes.tolist()) <= {1, 2, 3}
 
 
+@pytest.mark.slow
 def test_predict_draws_labelled_boxes(exported, val_images, tmp_path):
     from PIL import Image
 
@@ -205,20 +210,17 @@ def test_predict_bad_inputs_are_one_line_exit_2(tmp_path, capsys):
 
 
 def _task_and_detector(overrides, run_dir):
-    from official.core import task_factory
-
+    from tfodtrain import experiment
     from tfodtrain.config_checks import check_config
-    from tfodtrain.train import build_experiment, resolve_data
 
     cfg = compose_config(["+experiment=smoke", *overrides], run_dir=run_dir)
     check_config(cfg)
-    params = build_experiment(cfg, resolve_data(cfg))
-    task = task_factory.get_task(params.task)
-    return task, task.build_model(), params
+    exp = experiment.build(cfg, experiment.resolve_data(cfg))
+    return exp.task, exp.build_detector(), exp.params
 
 
 def test_init_checkpoint_modules_reach_model_garden_as_it_reads_them(tmp_path):
-    from tfodtrain.train import build_experiment
+    from tfodtrain.experiment import build_experiment
 
     for value, expected in (("[backbone,decoder]", ["backbone", "decoder"]), ("backbone", "backbone"), ("all", "all")):
         cfg = compose_config(["+experiment=smoke", f"model.init_checkpoint_modules={value}"], run_dir=tmp_path)
@@ -226,8 +228,9 @@ def test_init_checkpoint_modules_reach_model_garden_as_it_reads_them(tmp_path):
         assert params.task.init_checkpoint_modules == expected
 
 
+@pytest.mark.slow
 def test_warm_start_from_another_runs_checkpoint(smoke_run, reference, tmp_path):
-    from tfodtrain.use import build_variables, warm_start
+    from tfodtrain.checkpointing import build_variables, warm_start
 
     task, detector, params = _task_and_detector([f"model.init_checkpoint={smoke_run}"], tmp_path)
     build_variables(detector, params.task.model.input_size)
@@ -240,8 +243,9 @@ def test_warm_start_from_another_runs_checkpoint(smoke_run, reference, tmp_path)
     assert any(not np.array_equal(before, w.numpy()) for before, w in zip(fresh, detector.weights))
 
 
+@pytest.mark.slow
 def test_warm_start_of_the_backbone_into_another_head(smoke_run, reference, tmp_path):
-    from tfodtrain.use import warm_start
+    from tfodtrain.checkpointing import warm_start
 
     task, detector, _ = _task_and_detector(["model.task_overrides.model.head.num_filters=16",
                                             f"model.init_checkpoint={smoke_run}",
@@ -252,8 +256,9 @@ def test_warm_start_of_the_backbone_into_another_head(smoke_run, reference, tmp_
         np.testing.assert_array_equal(mine.numpy(), trained.numpy(), err_msg=mine.name)
 
 
+@pytest.mark.slow
 def test_bad_init_checkpoint_is_one_line_exit_2_before_anything_is_written(smoke_run, tmp_path, capsys):
-    from tfodtrain.train import run
+    from tfodtrain.entry import run
 
     cases = [([f"model.init_checkpoint={tmp_path / 'missing' / 'ckpt-5'}"], "does not exist"),
              ([f"model.init_checkpoint={tmp_path}"], "holds no checkpoint"),

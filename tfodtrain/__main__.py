@@ -1,7 +1,7 @@
 """`python -m tfodtrain +experiment=NAME [overrides]`: the thin Hydra entry point.
 
 Composition mistakes (an unknown experiment, a misspelt key) are caught here first, so the user gets
-one line and exit code 2 instead of Hydra's multi-line report; then Hydra runs `train.run` (or, with
+one line and exit code 2 instead of Hydra's multi-line report; then Hydra runs `entry.run` (or, with
 `trainer.max_restarts>0`, the supervisor).
 """
 
@@ -13,8 +13,9 @@ from tfodtrain import exit_codes
 from tfodtrain.paths import config_dir
 
 
-def _composition_error(overrides: list[str]) -> str | None:
-    """Compose the config as Hydra will; a one-line message if it cannot be composed."""
+def _composition_error(overrides: list[str], check_values: bool = True) -> str | None:
+    """Compose the config as Hydra will; a one-line message if it cannot be composed, or (with
+    `check_values`) if a value or the data is bad."""
     from hydra import compose, initialize_config_dir
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
@@ -36,7 +37,9 @@ def _composition_error(overrides: list[str]) -> str | None:
         if detail and detail not in message:
             message = f"{message} ({detail})"
         return f"{message}; check the spelling against the README's config reference (python -m tfodtrain --cfg job shows it)"
-    from tfodtrain.preflight import input_error  # config values and data records, before Hydra writes anything
+    if not check_values:
+        return None
+    from tfodtrain.config_checks import input_error  # config values and data records, before Hydra writes anything
 
     return input_error(cfg)
 
@@ -47,14 +50,17 @@ def _hydra_entry() -> None:
     from hydra.types import RunMode
     from omegaconf import DictConfig
 
+    from tfodtrain.console import quiet_console
+
     @hydra.main(config_path=str(config_dir()), config_name="config", version_base="1.3")
     def entry(cfg: DictConfig) -> None:
+        quiet_console()  # Hydra has set up logging by now
         if cfg.trainer.get("max_restarts", 0) and not _is_child():
             from tfodtrain.supervise import supervise
 
             code = supervise(cfg)
         else:
-            from tfodtrain.train import run
+            from tfodtrain.entry import run
 
             code = run(cfg)
             if code in (exit_codes.INTERRUPTED, exit_codes.TERMINATED):
@@ -97,8 +103,10 @@ def _is_child() -> bool:
 
 
 def main() -> None:
+    from tfodtrain.console import quiet_native_logs
     from tfodtrain.preemption import Preempted, install_for_process
 
+    quiet_native_logs()  # before anything imports TensorFlow (TFODTRAIN_VERBOSE=1: everything)
     install_for_process()  # SIGTERM / SIGINT: exit 143 / 130 from any phase, composition included
     try:
         _main()
@@ -121,8 +129,11 @@ def _main() -> None:
         else:
             overrides.append(arg)
     sweeping = any(f in ("-m", "--multirun") for f in flags)
+    # --cfg job / all / hydra prints the composed config, `???` where a value is still to be set: the
+    # values are checked when a run starts, so a config with missing values can be shown.
+    printing = any(f in ("--cfg", "-c") or f.startswith("--cfg=") for f in flags)
     if not sweeping and not any(f in ("-h", "--help", "--hydra-help", "--info") for f in flags):
-        message = _composition_error(overrides)
+        message = _composition_error(overrides, check_values=not printing)
         if message:
             print(f"tfodtrain: error: {message}", file=sys.stderr)
             sys.exit(exit_codes.BAD_INPUT)

@@ -18,9 +18,12 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 import shutil
 from pathlib import Path
+
+from tfodtrain.exit_codes import UserError
 
 STATE_FILE = "checkpoint"  # tf.train.CheckpointManager's state file
 PREFIX = "ckpt"  # tf.train.CheckpointManager's default checkpoint_name
@@ -113,3 +116,24 @@ def remove_unlisted(directory: Path, step: int) -> None:
     for path in directory.glob(f"{PREFIX}-{step}.*"):
         path.unlink(missing_ok=True)
     shutil.rmtree(directory / f"{PREFIX}-{step}_temp", ignore_errors=True)
+
+
+def find_checkpoint(path: str | os.PathLike, what: str) -> str:
+    """The checkpoint prefix named by `path`: a prefix (…/ckpt-600), a checkpoints dir or a run dir;
+    `what` names the setting in the one-line error when there is none.
+
+    Example:
+        >>> find_checkpoint("runs/ssd1", "checkpoint")   # -> 'runs/ssd1/checkpoints/ckpt-600'
+    """
+    path = Path(path).expanduser()
+    if Path(f"{path}.index").is_file():
+        return str(path)
+    for directory in (path, path / "checkpoints"):
+        found = candidates(directory) if directory.is_dir() else []
+        if found:
+            return str(found[0].prefix)
+    if not path.exists():
+        raise UserError(f"{what}={path} does not exist: give a checkpoint (RUN_DIR/checkpoints/ckpt-N), "
+                        "a checkpoints dir or a run dir")
+    raise UserError(f"{what}={path} holds no checkpoint (no ckpt-N.index, no checkpoints/ with one): "
+                    "train it first or point at another run")

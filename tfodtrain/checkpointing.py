@@ -1,4 +1,6 @@
-"""The one owner of a run's checkpoints: model, optimizer and step through tf.train.CheckpointManager.
+"""The one owner of a run's checkpoints: model, optimizer and step through tf.train.CheckpointManager;
+and the other ways a checkpoint is read: a warm start (`warm_start`), a model for evaluation or export
+(`restore_detector`), finding one from a path (`find_checkpoint`).
 
 Every saver (the periodic callback, the leak guard's abort, the signal handler, the OOM handler) goes
 through the same `Checkpointer`, so there is one numbering, one retention policy and one directory.
@@ -25,11 +27,11 @@ from pathlib import Path
 import tensorflow as tf
 
 from tfodtrain import checkpoint_files, exit_codes
-from tfodtrain.exit_codes import UserError, first_line
-from tfodtrain.train import TrainingStopped
+from tfodtrain.checkpoint_files import find_checkpoint  # noqa: F401  (part of this module's interface)
+from tfodtrain.exit_codes import TrainingStopped, UserError, first_line
+from tfodtrain.units import MIB
 
 log = logging.getLogger(__name__)
-MIB = 1 << 20
 # What `take_request()` returns: nothing requested, only insurance saves (best effort: a failure is a
 # warning), or a save that must succeed (periodic, abort, signal, end of training).
 NO_SAVE, INSURANCE_SAVE, REQUIRED_SAVE = 0, 1, 2
@@ -152,3 +154,70 @@ class Checkpointer:
         self._last_saved_step, self._latest = step, path
         log.info("Saved checkpoint %s (step %d)", path, step)
         return path
+
+
+# --------------------------------------------------------------------------------------------------
+# Reading a checkpoint into a model: warm start, evaluation, export
+
+
+def build_variables(detector, input_size) -> None:
+    """Create every variable now (the head's are made on first call), so a checkpoint restores, or
+    fails to match, at once instead of silently at the first training or evaluation step."""
+    # RetinaNetModel.call without its post-processing, which has no variables (and NMS is slow eagerly).
+    features = detector.backbone(tf.zeros([1, int(input_size[0]), int(input_size[1]), 3]), training=False)
+    if detector.decoder is not None:
+        features = detector.decoder(features, training=False)
+    detector.head(features, training=False)
+
+
+def warm_start(task, detector) -> str | None:
+    """The task's `initialize` (its `init_checkpoint` / `init_checkpoint_modules`), with one clear line
+    when the checkpoint does not fit. Returns the checkpoint used, or None without one.
+
+    Example:
+        >>> warm_start(task, detector)   # in strategy scope, after task.build_model()
+        '/runs/ssd1/checkpoints/ckpt-600'
+    """
+    config = task.task_config
+    if not config.init_checkpoint:
+        return None
+    config.init_checkpoint = find_checkpoint(config.init_checkpoint, "model.init_checkpoint")
+    modules = config.init_checkpoint_modules
+    build_variables(detector, config.model.input_size)
+    try:
+        task.initialize(detector)
+    except (AssertionError, ValueError, tf.errors.OpError) as error:
+        hint = ("; with another head or class count take only model.init_checkpoint_modules=backbone"
+                if modules == "all" else "")
+        raise UserError(f"model.init_checkpoint={config.init_checkpoint} does not match this model "
+                        f"(modules: {modules}): {first_line(error)}{hint}") from None
+    log.info("Warm start: %s restored from %s", modules, config.init_checkpoint)
+    return config.init_checkpoint
+
+
+def restore_detector(detector, params, checkpoint: str) -> int:
+    """Load the model weights of a run's checkpoint into `detector` (read-only); returns its step.
+
+    Training resumes through `Checkpointer`; using a model needs no optimizer, so this reads the
+    checkpoint's `model` and `global_step` only, as Model Garden's export does (`expect_partial`).
+    """
+    build_variables(detector, params.task.model.input_size)
+    step = tf.Variable(0, dtype=tf.int64)
+    try:
+        tf.train.Checkpoint(model=detector, global_step=step).read(checkpoint).expect_partial() \
+            .assert_existing_objects_matched()
+    except (AssertionError, ValueError, tf.errors.OpError) as error:
+        raise UserError(f"the checkpoint {checkpoint} does not fit this configuration (another model or other "
+                        f"classes?): {first_line(error)}. Give the overrides it was trained with") from None
+    return int(step.numpy())
+
+
+def checkpoint_to_use(cfg) -> str:
+    """mode=eval / mode=export: `checkpoint=PATH`, else the newest in the run dir's checkpoints/."""
+    if cfg.get("checkpoint"):
+        return find_checkpoint(cfg.checkpoint, "checkpoint")
+    try:
+        return find_checkpoint(Path(cfg.run_dir) / "checkpoints", "checkpoint")
+    except UserError:
+        raise UserError(f"no checkpoint in {Path(cfg.run_dir) / 'checkpoints'}: train this run first "
+                        "(mode=train), point hydra.run.dir at a trained run, or give checkpoint=PATH") from None

@@ -122,12 +122,3 @@ def describe(strategy) -> dict:
     name = next((n for n in public if isinstance(strategy, getattr(tf.distribute, n))), "default")
     return {"strategy": name, "replicas": int(strategy.num_replicas_in_sync),
             "worker": role.index, "workers": role.count, "chief": role.is_chief}
-
-
-def agreement_callbacks(strategy) -> list:
-    """[WorkerAgreement] for a multi-worker run, else []: one process decides alone."""
-    if not is_multi_worker(strategy):
-        return []
-    from tfodtrain.callbacks.agreement import WorkerAgreement
-
-    return [WorkerAgreement(strategy, worker_role())]

@@ -1,4 +1,6 @@
-"""Process exit codes, the same everywhere in tfodtrain (training, supervisor, tools).
+"""Errors and process exit codes, the same everywhere in tfodtrain (training, supervisor, tools).
+
+The lowest layer: it imports nothing of tfodtrain.
 
 A scheduler or the supervisor reads these to decide whether to restart a run.
 """
@@ -21,6 +23,15 @@ def first_line(error: BaseException, limit: int = 300) -> str:
     """The first line of an error's message (its type when it has none), for a one-line message."""
     text = str(error).strip()
     return (text.splitlines()[0] if text else type(error).__name__)[:limit]
+
+
+class TrainingStopped(Exception):
+    """Training stopped early on purpose (guard abort, signal, OOM, a failed checkpoint write); carries
+    the exit code the entry point returns."""
+
+    def __init__(self, exit_code: int, reason: str):
+        super().__init__(reason)
+        self.exit_code = exit_code
 
 
 class UserError(Exception):

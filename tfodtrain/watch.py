@@ -62,9 +62,9 @@ from tfodtrain.memory.guard import MemoryGuard
 from tfodtrain.memory.policy import GuardSettings
 from tfodtrain.memory.traces import TraceWriter
 from tfodtrain.supervise import Supervisor, _die_with_parent, describe_end, exit_code_of
+from tfodtrain.units import MIB
 
 log = logging.getLogger("tfodtrain.watch")
-MIB = float(1 << 20)
 
 DEFAULT_INTERVAL_S = 2.0  # at least two readings in each 5-s chunk of the guard's fast window; ~1 ms a reading
 DEFAULT_GRACE_S = 30.0

@@ -8,6 +8,7 @@ import tensorflow as tf
 
 from tfodtrain.callbacks.base import AbortRequest, RunCallback
 from tfodtrain.checkpointing import INSURANCE_SAVE, REQUIRED_SAVE
+from tfodtrain.distribute import is_multi_worker, worker_role
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +24,7 @@ class WorkerAgreement(RunCallback):
     a reason of its own keeps its own code).
 
     Example (train.py appends it for MultiWorkerMirroredStrategy, after every other callback):
-        >>> callbacks = configured_callbacks + tfodtrain.distribute.agreement_callbacks(strategy)
+        >>> callbacks = configured_callbacks + agreement_callbacks(strategy)
     """
 
     def __init__(self, strategy, role):
@@ -84,3 +85,10 @@ class WorkerAgreement(RunCallback):
         log.warning("Workers agreed: stop at step %d with exit %d (worker %d asked)", step, code, worker)
         self.stopped_at = step
         self.model.stop_training = True
+
+
+def agreement_callbacks(strategy) -> list:
+    """[WorkerAgreement] for a multi-worker run, else []: one process decides alone."""
+    if not is_multi_worker(strategy):
+        return []
+    return [WorkerAgreement(strategy, worker_role())]

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import time
 
 import tensorflow as tf
 
 from tfodtrain.callbacks.base import RunCallback
+from tfodtrain.console import verbose
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +49,11 @@ class CocoEvaluator:
             state = self.task.aggregate_logs(state, {self.task.coco_metric.name: outputs})
         if state is None:
             raise RuntimeError("the validation split produced no batch (is it smaller than eval_batch_size?)")
-        results = self.task.reduce_aggregated_logs(state)
+        printed = io.StringIO()
+        # pycocotools prints its whole table: to the log file only, unless TFODTRAIN_VERBOSE=1
+        with contextlib.nullcontext() if verbose() else contextlib.redirect_stdout(printed):
+            results = self.task.reduce_aggregated_logs(state)
+        log.debug("pycocotools:\n%s", printed.getvalue())
         return {name: float(value) for name, value in results.items() if name in REPORTED_METRICS}
 
 

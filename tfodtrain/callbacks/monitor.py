@@ -31,11 +31,11 @@ from pathlib import Path
 
 from tfodtrain.callbacks.base import RunCallback
 from tfodtrain.memory import probes
+from tfodtrain.memory.limits import pool_limit
 from tfodtrain.memory.traces import TraceWriter, read_trace
+from tfodtrain.units import GIB, MIB
 
 log = logging.getLogger(__name__)
-MIB = float(1 << 20)
-GIB = float(1 << 30)
 MAX_QUEUED = 4096  # background samples kept between two step ends (5.7 h at 5 s): a hung step cannot grow it forever
 
 
@@ -204,10 +204,9 @@ class MemorySampler:
                     log.log(logging.WARNING if failures == 1 else logging.DEBUG,
                             "Background memory reading failed (%s); trying again in %.0f s", error, self.interval_s)
 
-    def _cap(self, limit: int | None) -> int | None:
-        if self.budget_bytes is None:
-            return limit
-        return self.budget_bytes if limit is None else min(limit, self.budget_bytes)
+    def _limit(self, pool: str, natural: int | None, cap: int | None = None) -> int | None:
+        found = pool_limit(pool, natural, "", cap, self.budget_bytes)
+        return found.limit_bytes if found else None
 
     def _tf_allocator(self) -> dict:
         if not self.tf_gpus:
@@ -238,7 +237,7 @@ class MemorySampler:
             if not gpu.ok or (background and gpu.pool in self._tf_pools):
                 continue
             tf_stats = allocator.get(gpu.pool)
-            limit = self.gpu_cap_bytes if (self.gpu_cap_bytes and tf_stats) else probes.gpu_limit_bytes(gpu)
+            limit = self._limit(gpu.pool, probes.gpu_limit_bytes(gpu), self.gpu_cap_bytes if tf_stats else None)
             used = tf_stats["current_bytes"] if tf_stats else gpu.process_bytes
             if used is None:
                 continue
@@ -248,16 +247,16 @@ class MemorySampler:
                      "utilization_percent": float(gpu.utilization_gpu_percent or 0)}
             if tf_stats:
                 extra["tf_peak_mib"] = tf_stats["peak_bytes"] / MIB
-            pools[gpu.pool] = PoolReading(gpu.pool, int(used), self._cap(limit), extra)
+            pools[gpu.pool] = PoolReading(gpu.pool, int(used), limit, extra)
         for pool, stats in allocator.items():  # a TF GPU that NVML cannot see: the cap is its limit
             if pool not in pools:
-                pools[pool] = PoolReading(pool, stats["current_bytes"], self._cap(self.gpu_cap_bytes),
+                pools[pool] = PoolReading(pool, stats["current_bytes"], self._limit(pool, None, self.gpu_cap_bytes),
                                           {"tf_peak_mib": stats["peak_bytes"] / MIB})
         if self.watch_host:
             extra = {"rss_mib": host.rss_bytes / MIB, "available_mib": host.system_available_bytes / MIB}
             if host.cgroup_usage_bytes is not None:
                 extra["cgroup_usage_mib"] = host.cgroup_usage_bytes / MIB
-            pools["host"] = PoolReading("host", host.process_tree_rss_bytes, self._cap(probes.host_limit_bytes(host)),
+            pools["host"] = PoolReading("host", host.process_tree_rss_bytes, self._limit("host", probes.host_limit_bytes(host)),
                                         extra)
         raw = {"step": step, "time_s": round(time_s, 3), "time_unix": time.time(), "host": host.to_dict(),
                "gpus": [g.to_dict() for g in gpus], "tf_allocator": allocator,

@@ -26,9 +26,9 @@ from typing import Iterable
 from omegaconf import OmegaConf
 
 from tfodtrain.callbacks.base import RunCallback
+from tfodtrain.units import MIB
 
 log = logging.getLogger(__name__)
-MIB = float(1 << 20)
 
 # Reported by every run, overridden or not. The rest of the config is in the `config/resolved` text: the
 # HPARAMS table shows its first columns (by name) by default, and they should be what the sweep varied.
