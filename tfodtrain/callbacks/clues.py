@@ -266,7 +266,8 @@ class LeakClues:
         top = [{"kind": k[0], "dtype": k[1], "shape": k[2], "count": n, "bytes": now["shape_bytes"][k],
                 "growth": n - before.get(k, 0)} for k, n in now["shapes"].items()]
         top.sort(key=lambda t: -t["bytes"])
-        growing = sorted((t for t in top if t["growth"] > 0), key=lambda t: -t["growth"] * t["bytes"] / max(t["count"], 1))
+        growing = sorted((t for t in top if t["growth"] >= 8),  # a handful more is Keras' bookkeeping, not a leak
+                         key=lambda t: -t["growth"] * t["bytes"] / max(t["count"], 1))
         return {"devices": now["devices"], "top": top[:5], "growing": growing[:5],
                 "note": "live eager tensors and variables of this process, by the device TensorFlow placed them on"}
 
