@@ -55,7 +55,7 @@ from typing import Any
 
 import psutil
 
-from tfodtrain import exit_codes
+from tfodtrain import exit_codes, rundir
 from tfodtrain.checkpoint_files import PREFIX, STATE_FILE, candidates
 from tfodtrain.memory import probes
 from tfodtrain.memory.guard import MemoryGuard
@@ -802,10 +802,7 @@ class Watch:
         self._run_abort_command(report)
 
     def _write_report(self, report: dict) -> None:
-        path = self.run_dir / "abort_report.json"
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(report, indent=2, default=str) + "\n")
-        os.replace(tmp, path)
+        rundir.write_json(self.run_dir / rundir.ABORT_REPORT, report)
 
     def _run_abort_command(self, report: dict) -> None:
         command = self.o.settings.on_abort_command
