@@ -520,7 +520,7 @@ class TrendDetector:
             # slows down to a level it can hold) speaks for its shorter ones too.
             judged = [t for t in window.trends if t.first_time >= window.judged_from] if window.fast else []
             settling = settling_start or bool(judged) and math.isfinite(judged[-1].settle_s) \
-                and not math.isfinite(self._seconds_to_limit(judged[-1], base, noise))
+                and not math.isfinite(self._seconds_to_limit(judged[-1], base, NOISE_PEAK_Z * noise))
             for trend in window.trends:
                 if window.fast:
                     confirmed = window.streak >= FAST_CONFIRMATIONS or (
@@ -529,15 +529,18 @@ class TrendDetector:
                         and self._fast_regime(trend, base, noise)
                 else:
                     growing = trend.p_value <= self.alpha and trend.sustained and trend.slope_low_per_s > 0
-                seconds = self._seconds_to_limit(trend, base, noise if window.fast else None) if growing else math.inf
+                if growing:
+                    noise = noise if noise is not None else self._reading_noise(base.limit_bytes)
+                seconds = self._seconds_to_limit(trend, base, self._headroom(window, trend, noise)) \
+                    if growing else math.inf
                 key = (not growing, seconds, trend.p_value)  # growing first, then the sooner, then surer
                 if best_key is None or key < best_key:
                     best, best_key = (window, trend), key
         if best is None:
             base.note = "not enough history for a trend yet"
             return base
-        return self._assessment(base, *best, growing=not best_key[0], seconds=best_key[1],
-                                noise=noise if best[0].fast else None)
+        headroom = self._headroom(*best, noise if noise is not None else self._reading_noise(base.limit_bytes))
+        return self._assessment(base, *best, growing=not best_key[0], seconds=best_key[1], headroom=headroom)
 
     @staticmethod
     def _longest_since_startup(window: _Window) -> _Trend:
@@ -584,7 +587,15 @@ class TrendDetector:
         return base.used_bytes >= trend.floor_at(base.time_s) - NOISE_PEAK_Z * noise
 
     @staticmethod
-    def _seconds_to_limit(trend: _Trend, base: Assessment, noise: Optional[float] = None) -> float:
+    def _headroom(window: _Window, trend: _Trend, noise: float) -> float:
+        """How far above the floor the readings reach: a fast window's reading noise (its residuals
+        from a line also hold the bend of a curve, which is no headroom); a long window's observed
+        peaks and stairs plus one noise sigma (the next hours' readings may reach a little higher
+        than the last hours' did)."""
+        return NOISE_PEAK_Z * noise if window.fast else trend.headroom + noise
+
+    @staticmethod
+    def _seconds_to_limit(trend: _Trend, base: Assessment, headroom: float) -> float:
         # Even the slowest growth the readings allow (the slope's lower bound, or the recent half's
         # pace when growth slows down) must exhaust memory soon: a barely significant drift near
         # the limit, or growth that levels off, is not a fast leak.
@@ -593,9 +604,6 @@ class TrendDetector:
         slope = min(trend.slope_low_per_s, trend.recent_slope)
         if slope <= 0:
             return math.inf
-        # A fast window's peaks are the reading noise above the floor (its residuals from a line
-        # also hold the bend of a curve, which is no headroom).
-        headroom = trend.headroom if noise is None else NOISE_PEAK_Z * noise
         left = base.limit_bytes - (trend.floor_at(base.time_s) + headroom)
         if left <= 0:
             return 0.0
@@ -606,7 +614,7 @@ class TrendDetector:
 
     @staticmethod
     def _assessment(base: Assessment, window: _Window, trend: _Trend, growing: bool, seconds: float,
-                    noise: Optional[float] = None) -> Assessment:
+                    headroom: float) -> Assessment:
         a = Assessment(base.pool, base.step, base.time_s, base.used_bytes, base.limit_bytes, ready=True)
         a.slope_bytes_per_second = trend.slope_per_s
         a.slope_low_bytes_per_second = trend.slope_low_per_s
@@ -614,7 +622,7 @@ class TrendDetector:
         a.trend_p_value = trend.p_value
         a.trend_confidence = 1.0 - trend.p_value
         a.floor_bytes = int(trend.floor_at(base.time_s))
-        a.peak_headroom_bytes = int(trend.headroom if noise is None else NOISE_PEAK_Z * noise)
+        a.peak_headroom_bytes = int(headroom)
         a.window_seconds = trend.summary["span_s"] if window.fast else window.seconds
         a.window = dict(trend.summary, fast=window.fast)
         a.growing = growing

@@ -107,10 +107,9 @@ class GuardSettings:
                      "warn_horizon_s", "warn_every_s"):
             if getattr(self, name) < 0:
                 raise ValueError(f"leak guard: {name} must be >= 0, got {getattr(self, name)!r}")
-        if self.warn_horizon_s < max(self.horizon_s, self.long_horizon_s):
+        if self.warn_horizon_s < self.horizon_s:
             raise ValueError(f"leak guard: warn_horizon_s ({self.warn_horizon_s}) must be >= horizon_s "
-                             f"({self.horizon_s}) and long_horizon_s ({self.long_horizon_s}): the warning comes "
-                             "before the abort")
+                             f"({self.horizon_s}): the warning comes before the abort")
 
     @classmethod
     def from_mapping(cls, values: Optional[Mapping[str, Any]]) -> "GuardSettings":
