@@ -16,15 +16,14 @@ time (``lead_s = chunks_after_abort * step_s``) and the step the OOM would have 
 bytes are the GiB that were left. If the guard never aborts, the first CUDA OOM ends the run and
 is recorded as a miss.
 
-Guard settings: the product defaults are made for hour-long runs (a 10-minute warm-up, trend
-windows of 1, 4 and 16-minute chunks, abort 15 minutes before exhaustion), so in a 2-minute drill
-they would still be warming up when the card fills. The drill therefore stands for a longer leak
-(``--stands-for``, default 3600 s: a leak that fills the card in an hour) and divides every
-*duration* in the product defaults by ``stands_for / seconds`` (30 by default): warmup_s 1200 -> 40,
-chunk_seconds (60, 240, 960) -> (2, 8, 32), horizon_s 900 -> 30, warn_horizon_s 3600 -> 120,
-warn_every_s 600 -> 20. Counts and statistics (min_readings, window_chunks, confidence,
-sustain_ratio, mode) stay the product defaults. The drill prints the settings it uses;
-``--product-settings`` runs the unscaled defaults instead (then expect misses).
+Guard settings: ``--product-settings`` runs the product defaults unchanged; a leak that fills the
+card in 3 minutes or more after the start-up is caught with them (on an H200, 2026-11-30:
+``--product-settings --seconds 480``, abort 182.5 s before the OOM). Without it the drill stands for
+a longer leak (``--stands-for``, default 3600 s) and divides every *duration* in the defaults by
+``stands_for / seconds`` (30 by default): startup_s 120 -> 4, chunk_seconds (60, 240, 960) -> (2, 8,
+32), fast_chunk_seconds (5, 20) -> (0.17, 0.67), horizon_s 180 -> 6, long_horizon_s 900 -> 30,
+warn_horizon_s 1800 -> 60, warn_every_s 600 -> 20. Counts and statistics stay the defaults. The drill
+prints the settings it uses.
 
     PYTHONPATH=. python3 scripts/gpu_leak_drill.py --runs 5 --seconds 120 --out /tmp/drill
     PYTHONPATH=. python3 scripts/gpu_leak_drill.py --dry-run --runs 2     # no GPU: fake card, fake clock
@@ -188,7 +187,7 @@ class FakeCards:
 def drill_settings(time_scale: float):
     """Product default guard settings with every duration divided by ``time_scale``.
 
-    Example: ``drill_settings(30).warmup_s == 40.0`` (the product default is 1200 s).
+    Example: ``drill_settings(30).startup_s == 4.0`` (the product default is 120 s).
     """
     from tfodtrain.memory.policy import GuardSettings
 
@@ -197,9 +196,12 @@ def drill_settings(time_scale: float):
         return defaults
     return dataclasses.replace(
         defaults,
+        startup_s=defaults.startup_s / time_scale,
         warmup_s=defaults.warmup_s / time_scale,
         chunk_seconds=tuple(s / time_scale for s in defaults.chunk_seconds),
+        fast_chunk_seconds=tuple(s / time_scale for s in defaults.fast_chunk_seconds),
         horizon_s=defaults.horizon_s / time_scale,
+        long_horizon_s=defaults.long_horizon_s / time_scale,
         warn_horizon_s=defaults.warn_horizon_s / time_scale,
         warn_every_s=defaults.warn_every_s / time_scale,
     )

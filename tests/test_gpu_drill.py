@@ -43,7 +43,7 @@ def test_dry_run_guard_names_the_leaking_gpu_before_oom(tmp_path):
 
 
 def test_dry_run_records_the_oom_when_the_guard_never_fires():
-    # Unscaled product settings are still warming up when a 2-minute leak fills the card.
+    # A leak that fills the card within 2 minutes of the start falls in the product's start-up discount.
     done = run_drill("--runs", "1", "--product-settings")
     assert done.returncode == 1
     assert "MISS: CUDA OOM at step" in done.stdout
