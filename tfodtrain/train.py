@@ -15,20 +15,18 @@ from omegaconf import DictConfig, OmegaConf
 
 from tfodtrain import distribute, exit_codes, experiment, rundir
 from tfodtrain.exit_codes import TrainingStopped, UserError, first_line
-from tfodtrain.units import MIB
+from tfodtrain.memory.limits import MemorySettings
 
 log = logging.getLogger("tfodtrain")
 
 
-def make_sampler(cfg: DictConfig, run_dir: Path, gpus: list):
+def make_sampler(memory: MemorySettings, run_dir: Path, gpus: list):
     from tfodtrain.callbacks.monitor import MemorySampler
 
-    memory = cfg.memory
     return MemorySampler(
-        interval_steps=int(memory.interval_steps), interval_s=float(memory.interval_s), run_dir=run_dir,
-        gpu_cap_bytes=int(memory.gpu_limit_mb * MIB) if memory.gpu_limit_mb else None,
-        budget_bytes=int(memory.budget_mb * MIB) if memory.budget_mb else None,
-        watch_host=bool(memory.watch_host), tf_gpus=[f"GPU:{i}" for i in range(len(gpus))])
+        interval_steps=memory.interval_steps, interval_s=memory.interval_s, run_dir=run_dir,
+        gpu_cap_bytes=memory.gpu_cap_bytes, budget_bytes=memory.budget_bytes,
+        watch_host=memory.watch_host, tf_gpus=[f"GPU:{i}" for i in range(len(gpus))])
 
 
 def startup_lines(cfg: DictConfig, exp, run_dir: Path, strategy: dict) -> list[str]:
@@ -41,9 +39,8 @@ def startup_lines(cfg: DictConfig, exp, run_dir: Path, strategy: dict) -> list[s
     backbone = model.backbone.get()
     backbone_name = getattr(backbone, "model_id", None) or model.backbone.type
     data = exp.data
-    memory = cfg.memory
-    limits = pool_limits(len(exp.gpus), int(memory.gpu_limit_mb * MIB) if memory.gpu_limit_mb else None,
-                         int(memory.budget_mb * MIB) if memory.budget_mb else None)
+    memory = MemorySettings.from_config(cfg.memory)
+    limits = pool_limits(len(exp.gpus), memory.gpu_cap_bytes, memory.budget_bytes)
     pools = ", ".join(f"{p} (limit {gib(l.limit_bytes)}: {l.source})" for p, l in limits.items()
                       if p != "host" or memory.watch_host)
     devices = f"{len(exp.gpus)} GPU" if exp.gpus else "CPU only"
@@ -108,10 +105,11 @@ def train(cfg: DictConfig) -> dict:
     from tfodtrain.preemption import raise_if_received
     from tfodtrain.preflight import before_fit, take_auto_batch_size
 
-    if cfg.memory.kill_over_budget and cfg.memory.budget_mb:
+    memory = MemorySettings.from_config(cfg.memory)
+    if memory.kill_over_budget and memory.budget_bytes:
         from tfodtrain.memory.budget import OomKillerEmulator
 
-        OomKillerEmulator(int(cfg.memory.budget_mb * MIB)).start()
+        OomKillerEmulator(memory.budget_bytes).start()
     auto_batch = take_auto_batch_size(cfg)  # trainer.batch_size=auto: a provisional size until the pre-flight
     exp = experiment.build(cfg, data, strategy_name=cfg.trainer.strategy, logging_dir=str(run_dir)).build_trainer()
     strategy, detector, optimizer, trainer_model = exp.strategy, exp.detector, exp.optimizer, exp.trainer_model
@@ -145,7 +143,7 @@ def train(cfg: DictConfig) -> dict:
     run = RunContext(run_dir=run_dir, config=OmegaConf.to_container(cfg, resolve=True), checkpointer=checkpointer,
                      summary_writer=writer, initial_step=initial_step, total_steps=total_steps,
                      steps_per_execution=int(cfg.trainer.steps_per_execution))
-    run.memory = make_sampler(cfg, run_dir, exp.gpus)
+    run.memory = make_sampler(memory, run_dir, exp.gpus)
     throughput, signals = ThroughputMeter(), SignalCheckpoint()
     internal = [throughput, signals]
     if cfg.trainer.eval_every:

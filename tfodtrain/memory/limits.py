@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import dataclasses
 
+from tfodtrain.units import MIB
+
 
 @dataclasses.dataclass(frozen=True)
 class PoolLimit:
@@ -23,6 +25,30 @@ class PoolLimit:
     def target(self, headroom: float) -> int:
         """The share of the limit a step may use, keeping `headroom` free."""
         return int(self.limit_bytes * (1 - headroom))
+
+
+@dataclasses.dataclass(frozen=True)
+class MemorySettings:
+    """The `memory` config group as the code uses it: bytes, made once at the boundary.
+
+    Example:
+        >>> MemorySettings.from_config(cfg.memory).budget_bytes   # memory.budget_mb=2048 -> 2147483648
+    """
+
+    gpu_cap_bytes: int | None = None  # memory.gpu_limit_mb
+    budget_bytes: int | None = None  # memory.budget_mb
+    interval_steps: int = 10
+    interval_s: float = 5.0
+    watch_host: bool = True
+    kill_over_budget: bool = False
+
+    @classmethod
+    def from_config(cls, memory) -> "MemorySettings":
+        """From the (checked) `memory` config node, or any object with its attributes."""
+        return cls(gpu_cap_bytes=int(memory.gpu_limit_mb * MIB) if memory.gpu_limit_mb else None,
+                   budget_bytes=int(memory.budget_mb * MIB) if memory.budget_mb else None,
+                   interval_steps=int(memory.interval_steps), interval_s=float(memory.interval_s),
+                   watch_host=bool(memory.watch_host), kill_over_budget=bool(memory.kill_over_budget))
 
 
 def pool_limit(pool: str, natural_bytes: int | None, natural_source: str, cap_bytes: int | None = None,

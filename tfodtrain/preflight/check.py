@@ -14,12 +14,12 @@ from omegaconf import OmegaConf, open_dict
 
 from tfodtrain import rundir
 from tfodtrain.exit_codes import UserError
-from tfodtrain.memory.limits import PoolLimit, pool_limits
+from tfodtrain.memory.limits import MemorySettings, PoolLimit, pool_limits
 from tfodtrain.preflight.fresh import FreshProcessStep
 from tfodtrain.preflight.search import NOISE_MARGIN, SearchFailed, Trial, fits, largest_fitting
 from tfodtrain.preflight.step import (StepTrials, TrainingState, create_optimizer_variables, dataset_preparer,
                                       prepare_train_dataset)
-from tfodtrain.units import MIB, gib
+from tfodtrain.units import gib
 
 log = logging.getLogger("tfodtrain")
 PROVISIONAL_AUTO_BATCH = 2  # trainer.batch_size=auto: the first step's batch size
@@ -90,9 +90,8 @@ def _log_skipped_records(run_dir: Path, skipped: dict | None) -> None:
 def check_memory(cfg, trials: StepTrials, gpu_count: int, auto_batch: bool, data: dict | None = None):
     """Run the pre-flight step (and the search when needed); returns (report, batch size to use or None)."""
     headroom = float(cfg.trainer.get("preflight_headroom", 0.1))
-    memory = cfg.memory
-    limits = pool_limits(gpu_count, gpu_cap_bytes=int(memory.gpu_limit_mb * MIB) if memory.gpu_limit_mb else None,
-                         budget_bytes=int(memory.budget_mb * MIB) if memory.budget_mb else None)
+    memory = MemorySettings.from_config(cfg.memory)
+    limits = pool_limits(gpu_count, memory.gpu_cap_bytes, memory.budget_bytes)
     targets = {p: l.target(headroom) for p, l in limits.items()}
     search_targets = {p: int(l.limit_bytes * (1 - headroom - NOISE_MARGIN)) for p, l in limits.items()}
     batch_size = int(cfg.trainer.batch_size)
