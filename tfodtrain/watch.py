@@ -58,7 +58,7 @@ import psutil
 from tfodtrain import exit_codes, rundir
 from tfodtrain.checkpoint_files import PREFIX, STATE_FILE, candidates
 from tfodtrain.memory import probes
-from tfodtrain.memory.guard import MemoryGuard
+from tfodtrain.memory.guard import MemoryGuard, abort_fields
 from tfodtrain.memory.policy import GuardSettings
 from tfodtrain.memory.traces import TraceWriter
 from tfodtrain.supervise import Supervisor, _die_with_parent, describe_end, exit_code_of
@@ -580,14 +580,8 @@ class Watch:
         for pool, (used, limit) in pools.items():
             scalars[f"memory/{pool}/used_mib"] = used / MIB
             scalars[f"memory/{pool}/limit_mib"] = limit / MIB
-        for pool in pools if guard is not None else ():
-            a = guard.assessments.get(pool)
-            if a is None or not a.ready:
-                continue
-            scalars[f"guard/{pool}/slope_mib_per_min"] = a.slope_bytes_per_second * 60 / MIB
-            scalars[f"guard/{pool}/confidence"] = a.trend_confidence
-            if a.growing and a.seconds_to_limit is not None and math.isfinite(a.seconds_to_limit):
-                scalars[f"guard/{pool}/seconds_to_limit"] = a.seconds_to_limit
+        if guard is not None:
+            scalars.update(guard.state_scalars(pools))
         if self._tb_failed or not scalars:
             return
         try:
@@ -694,21 +688,12 @@ class Watch:
         a = decision.assessment
         log.error("watch: leak guard: %s; stopping the command (exit %d)", decision.reason, exit_codes.GUARD_ABORT)
         report = {
-            "reason": decision.reason,
-            "pool": decision.pool,
+            **abort_fields(decision),
             "exit_code": exit_codes.GUARD_ABORT,
             "step": self.readings,
             "step_is": "the reading count: a watched process has no training steps the watch can see",
             "time": _now(),
             "time_s": round(time_s, 2),
-            "used_bytes": a.used_bytes,
-            "limit_bytes": a.limit_bytes,
-            "slope_bytes_per_step": a.slope_bytes_per_step,
-            "slope_bytes_per_second": a.slope_bytes_per_second,
-            "projected_exhaustion_step": a.projected_exhaustion_step,
-            "projected_exhaustion_time_s": a.projected_exhaustion_time_s,
-            "seconds_to_limit": a.seconds_to_limit,
-            "assessment": a.to_dict(),
             "pools": {name: {"used_bytes": used, "limit_bytes": limit} for name, (used, limit) in pools.items()},
             "checkpoint": None,
             "settings": o.settings.to_dict(),

@@ -29,7 +29,6 @@ from __future__ import annotations
 import datetime
 import json
 import logging
-import math
 import os
 import subprocess
 import time
@@ -38,11 +37,10 @@ from tfodtrain import exit_codes
 from tfodtrain.callbacks.base import AbortRequest, RunCallback
 from tfodtrain.callbacks.clues import LeakClues, markdown
 from tfodtrain.exit_codes import UserError
-from tfodtrain.memory.guard import MemoryGuard
+from tfodtrain.memory.guard import MemoryGuard, abort_fields
 from tfodtrain.memory.policy import GuardSettings
 
 log = logging.getLogger(__name__)
-MIB = float(1 << 20)
 
 
 def guard_settings(mode: str = "abort", settings: dict | None = None, on_abort_command: str | None = None):
@@ -120,15 +118,7 @@ class LeakGuard(RunCallback):
 
     def _write_state(self, sample) -> None:
         """Per pool: slope, confidence and (while growing) seconds to the limit, as one event."""
-        scalars = {}
-        for pool, *_ in sample.guard_readings():  # the pools the guard just judged
-            a = self.guard.assessments.get(pool)
-            if a is None or not a.ready:
-                continue
-            scalars[f"guard/{pool}/slope_mib_per_min"] = a.slope_bytes_per_second * 60 / MIB
-            scalars[f"guard/{pool}/confidence"] = a.trend_confidence
-            if a.growing and a.seconds_to_limit is not None and math.isfinite(a.seconds_to_limit):
-                scalars[f"guard/{pool}/seconds_to_limit"] = a.seconds_to_limit
+        scalars = self.guard.state_scalars(pool for pool, *_ in sample.guard_readings())  # the pools just judged
         if not scalars:
             return
         if self._scalars is None:
@@ -190,22 +180,12 @@ class LeakGuard(RunCallback):
         self._run_abort_command(report, path)
 
     def abort_report(self, decision, sample, checkpoint) -> dict:
-        a = decision.assessment
         return {
-            "reason": decision.reason,
-            "pool": decision.pool,
+            **abort_fields(decision),
             "exit_code": exit_codes.GUARD_ABORT,
             "step": sample.step,
             "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "time_s": round(sample.time_s, 2),
-            "used_bytes": a.used_bytes,
-            "limit_bytes": a.limit_bytes,
-            "slope_bytes_per_step": a.slope_bytes_per_step,
-            "slope_bytes_per_second": a.slope_bytes_per_second,
-            "projected_exhaustion_step": a.projected_exhaustion_step,
-            "projected_exhaustion_time_s": a.projected_exhaustion_time_s,
-            "seconds_to_limit": a.seconds_to_limit,
-            "assessment": a.to_dict(),
             "pools": {name: {"used_bytes": p.used_bytes, "limit_bytes": p.limit_bytes}
                       for name, p in sample.pools.items()},
             "checkpoint": checkpoint,

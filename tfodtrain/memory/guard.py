@@ -15,10 +15,12 @@ Example::
 
 from __future__ import annotations
 
+import math
 from typing import Dict, Iterable, Optional, Tuple
 
 from tfodtrain.memory.detector import Assessment, TrendDetector
 from tfodtrain.memory.policy import Decision, GuardPolicy, GuardSettings
+from tfodtrain.units import MIB
 
 Reading = Tuple[str, int, float, int, int]  # pool, step, time_s, used_bytes, limit_bytes
 
@@ -66,6 +68,40 @@ class MemoryGuard:
             if best is None or _more_urgent(decision, best):
                 best = decision
         return best if best is not None else Decision()
+
+
+    def state_scalars(self, pools: Iterable[str]) -> Dict[str, float]:
+        """TensorBoard scalars of the guard's state for ``pools`` (those with a ready assessment):
+        ``guard/<pool>/slope_mib_per_min``, ``confidence`` and, while growing, ``seconds_to_limit``.
+        The training callback and the outside watch write the same tags from here."""
+        scalars: Dict[str, float] = {}
+        for pool in pools:
+            a = self.assessments.get(pool)
+            if a is None or not a.ready:
+                continue
+            scalars[f"guard/{pool}/slope_mib_per_min"] = a.slope_bytes_per_second * 60 / MIB
+            scalars[f"guard/{pool}/confidence"] = a.trend_confidence
+            if a.growing and a.seconds_to_limit is not None and math.isfinite(a.seconds_to_limit):
+                scalars[f"guard/{pool}/seconds_to_limit"] = a.seconds_to_limit
+        return scalars
+
+
+def abort_fields(decision: Decision) -> dict:
+    """The fields every ``abort_report.json`` carries about the abort decision and its assessment
+    (the callback and the watch add their own: step, time, pools, checkpoint, ...)."""
+    a = decision.assessment
+    return {
+        "reason": decision.reason,
+        "pool": decision.pool,
+        "used_bytes": a.used_bytes,
+        "limit_bytes": a.limit_bytes,
+        "slope_bytes_per_step": a.slope_bytes_per_step,
+        "slope_bytes_per_second": a.slope_bytes_per_second,
+        "projected_exhaustion_step": a.projected_exhaustion_step,
+        "projected_exhaustion_time_s": a.projected_exhaustion_time_s,
+        "seconds_to_limit": a.seconds_to_limit,
+        "assessment": a.to_dict(),
+    }
 
 
 def _more_urgent(a: Decision, b: Decision) -> bool:
