@@ -23,7 +23,7 @@ LAYERS = [
     ["tfodtrain.callbacks.", "tfodtrain.testing"],
     ["tfodtrain.train", "tfodtrain.evaluate", "tfodtrain.export", "tfodtrain.benchmarking",
      "tfodtrain.bench_model_garden"],
-    ["tfodtrain.supervise", "tfodtrain.report", "tfodtrain.watch", "tfodtrain.entry", "tfodtrain.__main__"],
+    ["tfodtrain.supervise", "tfodtrain.report.", "tfodtrain.watch", "tfodtrain.entry", "tfodtrain.__main__"],
 ]
 
 
@@ -125,8 +125,7 @@ def test_no_classes_defined_inside_functions():
 
 # Modules that still define MIB themselves, owned by other open work (the leak guard, the clue report);
 # they move to tfodtrain.units with it. No other module may define it.
-MIB_NOT_YET_MOVED = {"tfodtrain.memory.policy", "tfodtrain.memory.tracegen",
-                     "tfodtrain.report"}
+MIB_NOT_YET_MOVED = {"tfodtrain.memory.policy", "tfodtrain.memory.tracegen"}
 
 
 def test_mib_is_defined_once():

@@ -1,0 +1,7 @@
+"""`python -m tfodtrain.report RUN_DIR`: see tfodtrain.report."""
+
+import sys
+
+from tfodtrain.report.cli import main
+
+sys.exit(main())
