@@ -2,7 +2,9 @@
 
 Rectangles, ellipses and triangles (3 classes, ids 1..3; Model Garden's `num_classes` is 4 because it
 counts the background) on noisy backgrounds, 1-4 objects an image, JPEG-encoded, written as TFRecords
-in the Object Detection API layout with Model Garden's `TfExampleBuilder`. The same seed and sizes
+in the Object Detection API layout with Model Garden's `TfExampleBuilder`: boxes, class ids and an
+instance mask per object (`image/object/mask`, PNG). A mask is exact (the shape drawn again on its own
+canvas) and holds what is visible: the pixels a later shape covers are taken out of it. The same seed and sizes
 always give the same bytes, so a cache hit is as good as regenerating.
 
 Example:
@@ -17,6 +19,7 @@ import hashlib
 import json
 import logging
 import os
+import typing
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +28,7 @@ from PIL import Image, ImageDraw
 log = logging.getLogger(__name__)
 
 CLASS_NAMES = ("rectangle", "ellipse", "triangle")  # class ids 1, 2, 3
-_FORMAT_VERSION = 2  # 2: shapes placed apart and drawn in a colour that stands out
+_FORMAT_VERSION = 3  # 2: shapes placed apart and drawn in a colour that stands out; 3: instance masks
 _SHARDS = 2
 
 
@@ -53,14 +56,34 @@ def _covered_share(box, other) -> float:
     return width * height / ((box[2] - box[0]) * (box[3] - box[1]))
 
 
-def _draw_image(rng: np.random.Generator, size: int):
-    """One noisy background with 1-4 visible shapes; returns the image and normalised boxes + class ids."""
+class Drawn(typing.NamedTuple):
+    """One generated image and its objects, in drawing order."""
+
+    pixels: np.ndarray  # uint8 [size, size, 3], before JPEG encoding
+    boxes: list  # normalised (ymin, xmin, ymax, xmax) of each drawn shape
+    classes: list  # class ids 1..3
+    masks: np.ndarray  # uint8 [objects, size, size], 1 where the object is visible
+    colours: list  # the RGB fill of each shape
+
+
+def _draw_shape(draw: ImageDraw.ImageDraw, class_id: int, box, fill) -> None:
+    x0, y0, x1, y1 = box
+    if class_id == 1:
+        draw.rectangle([x0, y0, x1, y1], fill=fill)
+    elif class_id == 2:
+        draw.ellipse([x0, y0, x1, y1], fill=fill)
+    else:
+        draw.polygon([(x0, y1), (x1, y1), ((x0 + x1) // 2, y0)], fill=fill)
+
+
+def _draw_image(rng: np.random.Generator, size: int) -> Drawn:
+    """One noisy background with 1-4 visible shapes, their normalised boxes, class ids and visible masks."""
     base = rng.integers(40, 200, size=3)
     noise = rng.normal(0, 18, size=(size, size, 3))
     pixels = np.clip(base + noise, 0, 255).astype(np.uint8)
     image = Image.fromarray(pixels)
     draw = ImageDraw.Draw(image)
-    placed, classes = [], []
+    placed, classes, masks, colours = [], [], [], []
     for _ in range(int(rng.integers(1, 5))):
         class_id = int(rng.integers(1, len(CLASS_NAMES) + 1))
         for _ in range(_PLACEMENT_TRIES):
@@ -76,18 +99,20 @@ def _draw_image(rng: np.random.Generator, size: int):
         colour = rng.integers(0, 256, size=3)
         while np.abs(colour - base).max() < _MIN_CONTRAST:
             colour = rng.integers(0, 256, size=3)
-        x0, y0, x1, y1 = box
         fill = tuple(int(c) for c in colour)
-        if class_id == 1:
-            draw.rectangle([x0, y0, x1, y1], fill=fill)
-        elif class_id == 2:
-            draw.ellipse([x0, y0, x1, y1], fill=fill)
-        else:
-            draw.polygon([(x0, y1), (x1, y1), ((x0 + x1) // 2, y0)], fill=fill)
+        _draw_shape(draw, class_id, box, fill)
+        canvas = Image.new("L", (size, size), 0)  # the same primitive again: exactly the pixels just drawn
+        _draw_shape(ImageDraw.Draw(canvas), class_id, box, 1)
+        mask = np.asarray(canvas, dtype=np.uint8)
+        for earlier in masks:
+            earlier[mask > 0] = 0  # covered now: no longer visible
         placed.append(box)
         classes.append(class_id)
+        masks.append(mask.copy())
+        colours.append(fill)
     boxes = [(y0 / size, x0 / size, y1 / size, x1 / size) for x0, y0, x1, y1 in placed]
-    return np.asarray(image), boxes, classes
+    return Drawn(np.asarray(image), boxes, classes, np.stack(masks) if masks else np.zeros((0, size, size), np.uint8),
+                 colours)
 
 
 def _write_split(directory: Path, split: str, count: int, size: int, seed: int, first_id: int) -> None:
@@ -101,7 +126,7 @@ def _write_split(directory: Path, split: str, count: int, size: int, seed: int, 
     ]
     try:
         for index in range(count):
-            pixels, boxes, classes = _draw_image(rng, size)
+            pixels, boxes, classes, masks, _ = _draw_image(rng, size)
             ymin, xmin, ymax, xmax = (list(v) for v in zip(*boxes))
             example = (
                 TfExampleBuilder()
@@ -109,6 +134,7 @@ def _write_split(directory: Path, split: str, count: int, size: int, seed: int, 
                     pixels, image_format="JPEG", image_source_id=str(first_id + index).encode()
                 )
                 .add_boxes_feature(xmin, xmax, ymin, ymax, classes)
+                .add_instance_mask_matrices_feature(masks)
                 .example
             )
             writers[index % _SHARDS].write(example.SerializeToString())
