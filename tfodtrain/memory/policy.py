@@ -21,12 +21,12 @@ from typing import Any, Mapping, Optional, Tuple
 
 from tfodtrain.memory.detector import (DEFAULT_CHUNK_SECONDS, DEFAULT_FAST_CHUNK_SECONDS, DEFAULT_STARTUP_S,
                                        DEFAULT_WINDOW_CHUNKS, Assessment)
+from tfodtrain.units import MIB
 
 MODES = ("abort", "warn", "off")
 LONG_WINDOW_S = 3600.0  # growth sustained over a window this long is judged on long_horizon_s
 ACTIONS = ("ok", "warn", "abort")
 GIB = float(1 << 30)
-MIB = float(1 << 20)
 
 
 @dataclass(frozen=True)

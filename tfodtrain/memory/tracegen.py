@@ -32,9 +32,9 @@ from dataclasses import dataclass, field
 from typing import Callable, List, Optional
 
 from tfodtrain.memory.traces import TraceRow, write_trace
+from tfodtrain.units import MIB
 
 GIB = float(1 << 30)
-MIB = 1 << 20
 HOUR = 3600.0
 
 HEALTHY_KINDS = (
