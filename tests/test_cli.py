@@ -57,6 +57,70 @@ def test_the_users_own_tf_cpp_min_log_level_wins(monkeypatch):
     assert console.os.environ["TF_CPP_MIN_LOG_LEVEL"] == "2"
 
 
+CUINIT_303 = ("2026-11-30 13:57:31.382069: E external/local_xla/xla/stream_executor/cuda/cuda_platform.cc:51] "
+              "failed call to cuInit: INTERNAL: CUDA error: Failed call to cuInit: UNKNOWN ERROR (303)")
+ONEDNN_INT32 = ("2026-11-30 13:58:15.720457: E tensorflow/core/util/util.cc:131] oneDNN supports DT_INT32 only on "
+                "platforms with AVX-512. Falling back to the default Eigen-based implementation if present.")
+REAL_ERROR = "2026-11-30 13:58:16.000001: E tensorflow/core/framework/op_kernel.cc:1841] OP_REQUIRES failed"
+
+
+def _relayed(text: bytes, nvidia_driver: bool) -> bytes:
+    """`text` through console.relay, as the entry's relay process copies stderr."""
+    import os
+
+    from tfodtrain import console
+
+    source_r, source_w = os.pipe()
+    sink_r, sink_w = os.pipe()
+    os.write(source_w, text)
+    os.close(source_w)
+    console.relay(source_r, sink_w, console.native_noise(nvidia_driver), wait_s=0.01)
+    os.close(sink_w)
+    out = os.read(sink_r, 1 << 20)
+    os.close(source_r)
+    os.close(sink_r)
+    return out
+
+
+def test_the_relay_drops_only_the_two_native_lines_that_are_no_error():
+    text = "\n".join(["Traceback (most recent call last):", CUINIT_303, REAL_ERROR, ONEDNN_INT32,
+                     CUINIT_303.replace("(303)", "(999)"), "no end of line"]).encode()
+    kept = _relayed(text, nvidia_driver=False).decode().splitlines()
+    assert kept == ["Traceback (most recent call last):", REAL_ERROR, CUINIT_303.replace("(303)", "(999)"),
+                    "no end of line"]
+    # With an NVIDIA driver installed, a failed cuInit is a real problem: it stays.
+    assert CUINIT_303 in _relayed(text, nvidia_driver=True).decode().splitlines()
+
+
+def _entry_like(code: str, env: dict | None = None):
+    """A process that starts like the entry (quiet_native_logs, then the relay) and runs `code`."""
+    import os
+    import subprocess
+    import sys
+
+    prologue = ("import os, signal\nfrom tfodtrain.console import quiet_native_logs, relay_native_stderr\n"
+                "if quiet_native_logs():\n    relay_native_stderr()\n")
+    full_env = {k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", "TFODTRAIN_VERBOSE")}
+    full_env.update(env or {})
+    return subprocess.run([sys.executable, "-c", prologue + code], capture_output=True, text=True, timeout=60,
+                          env=full_env)
+
+
+def test_the_entrys_stderr_leaves_out_the_noise_and_keeps_a_killed_processs_last_words():
+    import os
+
+    # What TensorFlow's C++ logging writes goes to fd 2 directly, as here; SIGKILL: no atexit, no flush.
+    code = (f"os.write(2, {CUINIT_303!r}.encode() + b'\\n')\nos.write(2, {ONEDNN_INT32!r}.encode() + b'\\n')\n"
+            "os.write(2, b'last words\\n')\nos.kill(os.getpid(), signal.SIGKILL)\n")
+    done = _entry_like(code)
+    assert done.returncode == -9
+    driver = os.path.exists("/proc/driver/nvidia/version")  # then a failed cuInit stays
+    assert done.stderr.splitlines() == [CUINIT_303] * driver + ["last words"]
+    verbose = _entry_like(code, {"TFODTRAIN_VERBOSE": "1"})
+    users_own = _entry_like(code, {"TF_CPP_MIN_LOG_LEVEL": "1"})
+    assert verbose.stderr.splitlines() == users_own.stderr.splitlines() == [CUINIT_303, ONEDNN_INT32, "last words"]
+
+
 def _readme_commands(containing: str) -> list[str]:
     """Shell commands of the README's code blocks that contain `containing` (continuation lines joined)."""
     from helpers.repo import REPO

@@ -103,10 +103,11 @@ def _is_child() -> bool:
 
 
 def main() -> None:
-    from tfodtrain.console import quiet_native_logs
+    from tfodtrain.console import quiet_native_logs, relay_native_stderr
     from tfodtrain.preemption import Preempted, install_for_process
 
-    quiet_native_logs()  # before anything imports TensorFlow (TFODTRAIN_VERBOSE=1: everything)
+    if quiet_native_logs():  # before anything imports TensorFlow (TFODTRAIN_VERBOSE=1: everything)
+        relay_native_stderr()  # TensorFlow's two native ERROR lines that are no error stay off the console
     install_for_process()  # SIGTERM / SIGINT: exit 143 / 130 from any phase, composition included
     try:
         _main()
