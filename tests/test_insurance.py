@@ -4,7 +4,8 @@ and the run that is killed after the warning resumes from it.
 The callback tests drive the real LeakGuard and Checkpointer over a small Keras model in this process, with
 the guard's decision given (a warning for `host`): what a warning is belongs to the detector, tested apart.
 The failing save is a real write failure (RLIMIT_FSIZE). The slow test is a real leak_demo run under
-`guard=warn`, killed for real by the OOM-killer stand-in (`memory.kill_over_budget`), then resumed.
+`guard=warn` (conftest's shared `leak_demo_warned`), killed for real by the OOM-killer stand-in
+(`memory.kill_over_budget`), then resumed.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ import signal
 
 import pytest
 
-from helpers.cli import compose_config, run_cli
+from helpers.cli import run_cli
+from helpers.leak_runs import warned_fixed
 
 tf = pytest.importorskip("tensorflow")
 tf_keras = pytest.importorskip("tf_keras")
@@ -29,7 +31,6 @@ from tfodtrain.checkpointing import INSURANCE_SAVE, NO_SAVE, REQUIRED_SAVE, Chec
 from tfodtrain.exit_codes import UserError  # noqa: E402
 from tfodtrain.memory.policy import Decision  # noqa: E402
 
-FILL_S = 200  # seconds the leak of the slow test takes to fill the budget
 WARNING = Decision(action="warn", reason="host: memory projected to run out in 50 min", pool="host")
 
 
@@ -128,20 +129,15 @@ def test_a_bad_insurance_interval_is_one_line(value):
 
 
 @pytest.mark.slow
-def test_a_kill_after_the_warning_loses_at_most_the_steps_since_the_warning(tmp_path, data_cache):
+def test_a_kill_after_the_warning_loses_at_most_the_steps_since_the_warning(leak_demo_warned):
     """guard=warn never aborts: the leak runs on to the OOM-killer stand-in's SIGKILL. The insurance checkpoint
     saved at the first warning is what the resumed run restores (periodic checkpoints are off here, so
-    nothing else could be restored)."""
-    run_dir = tmp_path / "run"
-    # Paced so that the leak fills the budget in about FILL_S (from ~1.2 GiB at the start), whatever leak_demo's
-    # own leak per step: the guard judges a pool's first minutes as start-up, a leak of under a minute from
-    # the first step would be killed before any warning.
-    demo = compose_config(["+experiment=leak_demo"])
-    pace = (demo.memory.budget_mb - 1200) / (demo.leak_demo.mib_per_step * FILL_S)
-    steps = max(int(demo.trainer.steps), int(pace * FILL_S * 1.5))
-    fixed = [f"trainer.steps={steps}", "trainer.checkpoint_every=100000"]  # no periodic checkpoints
-    killed = run_cli(["+experiment=leak_demo", "guard=warn", f"leak_demo.max_steps_per_s={pace:.3f}", *fixed],
-                     run_dir=run_dir, timeout=900)
+    nothing else could be restored).
+
+    conftest's shared `leak_demo_warned` (helpers/leak_runs.py): leak_demo under a 2 GiB budget, its leak
+    (after leak_demo's settled start, when the guard's start-up discount ends) paced to fill it in about FILL_S;
+    the guard's defaults warn within a minute of a leak's start."""
+    run_dir, killed = leak_demo_warned
     log = killed.stdout + killed.stderr
     assert killed.returncode == -signal.SIGKILL, (killed.returncode, log[-3000:])
     assert "memory budget exceeded" in log
@@ -150,7 +146,8 @@ def test_a_kill_after_the_warning_loses_at_most_the_steps_since_the_warning(tmp_
     insured = re.findall(r"insurance checkpoint (\S+/ckpt-(\d+)) at step (\d+) \(saved in", log)
     assert insured, log[-3000:]
     path, step, _ = insured[0]
-    assert int(step) >= warned[0] and checkpoint_files.latest_step(run_dir / "checkpoints") >= int(step)
+    latest = checkpoint_files.latest_step(run_dir / "checkpoints")
+    assert int(step) >= warned[0] and latest >= int(step)
 
     # The guard's state went to TensorBoard at its readings: the trend a user sees before the end.
     from tensorboard.backend.event_processing import event_accumulator
@@ -161,7 +158,9 @@ def test_a_kill_after_the_warning_loses_at_most_the_steps_since_the_warning(tmp_
     assert {"guard/host/slope_mib_per_min", "guard/host/confidence", "guard/host/seconds_to_limit",
             "guard/insurance", "guard/warning"} <= tags, sorted(tags)
 
-    resumed = run_cli(["+experiment=leak_demo", "leak_demo.leak=false", *fixed], run_dir=run_dir)
+    steps = latest + 6  # a few steps past the checkpoint: the restore is what is checked
+    resumed = run_cli(["+experiment=leak_demo", "leak_demo.leak=false", *warned_fixed(), f"trainer.steps={steps}"],
+                      run_dir=run_dir)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     restored = int(re.search(rf"Resuming from checkpoint \S+ at step (\d+) of {steps}", resumed.stdout + resumed.stderr)[1])
     assert restored >= warned[0]  # at most the steps since the warning are lost

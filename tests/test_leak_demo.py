@@ -1,7 +1,8 @@
 """The seed's leak in a real training run: the guard checkpoints and exits 75 before the OOM kill.
 
 The kill itself is real (`memory.kill_over_budget`: SIGKILL when RSS passes the budget, as the kernel's
-OOM killer would); nothing here is mocked.
+OOM killer would); nothing here is mocked. The runs are conftest's shared leak_demo runs (helpers/leak_runs.py):
+`leak_demo_aborted` is the product's leak_demo without any override; test_leak_naming reads the same abort.
 """
 
 from __future__ import annotations
@@ -13,20 +14,14 @@ import signal
 import pytest
 
 from helpers.cli import run_cli
+from helpers.leak_runs import NO_PREFLIGHT
 from tfodtrain import exit_codes
 
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def aborted_run(tmp_path_factory, data_cache):
-    run_dir = tmp_path_factory.mktemp("leak") / "run"
-    result = run_cli(["+experiment=leak_demo"], run_dir=run_dir)
-    return run_dir, result
-
-
-def test_guard_aborts_with_a_report_and_a_checkpoint(aborted_run):
-    run_dir, result = aborted_run
+def test_guard_aborts_with_a_report_and_a_checkpoint(leak_demo_aborted):
+    run_dir, result = leak_demo_aborted
     assert result.returncode == exit_codes.GUARD_ABORT, result.stderr[-3000:]
     report = json.loads((run_dir / "abort_report.json").read_text())
     assert report["pool"] == "host" and report["reason"].startswith("host:")
@@ -39,24 +34,24 @@ def test_guard_aborts_with_a_report_and_a_checkpoint(aborted_run):
     assert "memory budget exceeded" not in result.stderr  # it stopped before the kill
 
 
-def test_resume_with_the_leak_off_finishes(aborted_run, tmp_path):
+def test_resume_with_the_leak_off_finishes(leak_demo_aborted, tmp_path):
     run_dir = tmp_path / "run"
-    shutil.copytree(aborted_run[0], run_dir)
+    shutil.copytree(leak_demo_aborted[0], run_dir)
     step = json.loads((run_dir / "abort_report.json").read_text())["step"]
-    # the rest of the 2000 steps without the leak (and unpaced) take about a minute here; 600 is enough
-    result = run_cli(["+experiment=leak_demo", "leak_demo.leak=false", "trainer.steps=600"], run_dir=run_dir)
+    steps = step + 6  # a few steps past the abort checkpoint: the resume is what is checked, not the rest of the 2000
+    result = run_cli(["+experiment=leak_demo", "leak_demo.leak=false", f"trainer.steps={steps}", NO_PREFLIGHT],
+                     run_dir=run_dir)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert f"at step {step} of 600" in result.stdout + result.stderr  # restored the abort checkpoint
-    assert json.loads((run_dir / "metrics.json").read_text())["steps"] == 600
+    assert f"at step {step} of {steps}" in result.stdout + result.stderr  # restored the abort checkpoint
+    assert json.loads((run_dir / "metrics.json").read_text())["steps"] == steps
 
 
-def test_without_the_guard_the_oom_killer_ends_it(tmp_path, data_cache):
-    # a 2 GiB budget and a faster leak (25 MiB/s): the same kill as the README's command, minutes sooner
-    result = run_cli(["+experiment=leak_demo", "guard=off", "memory.budget_mb=2048", "leak_demo.max_steps_per_s=10"],
-                     run_dir=tmp_path / "run")
+def test_without_the_guard_the_oom_killer_ends_it(leak_demo_unguarded):
+    # a 2 GiB budget and a faster leak (25 MiB/s) from the first step: the same kill as the README's command, sooner
+    run_dir, result = leak_demo_unguarded
     assert result.returncode == -signal.SIGKILL, (result.returncode, result.stderr[-2000:])
     assert "memory budget exceeded" in result.stderr
-    assert not (tmp_path / "run" / "abort_report.json").exists()
+    assert not (run_dir / "abort_report.json").exists()
 
 
 def test_the_leaking_run_is_paced_so_the_leak_rate_is_the_same_on_any_machine():
@@ -75,3 +70,16 @@ def test_the_leaking_run_is_paced_so_the_leak_rate_is_the_same_on_any_machine():
     for _ in range(5):
         unpaced._pace()
     assert time.monotonic() - started < 0.05
+
+
+def test_the_leak_starts_after_start_step_batches_which_are_paced_too():
+    """Before `start_step` batches nothing is kept (no detector runs), and those batches keep the pace."""
+    import time
+
+    from tfodtrain.callbacks.leak_demo import KeepDetections
+
+    keep = KeepDetections(max_steps_per_s=20, start_step=3)
+    started = time.monotonic()
+    for batch in range(3):
+        keep.on_train_batch_end(batch)
+    assert keep.kept == [] and time.monotonic() - started >= 2 / 20 * 0.95

@@ -26,14 +26,20 @@ class KeepDetections(RunCallback):
     otherwise fill the budget within seconds of the start, before any detector (or person) could
     have seen a trend. A slower machine leaks more slowly and the guard has more time.
 
+    The leak starts after `start_step` batches of this process (paced like the rest): a run that
+    settles first and then leaks, as most real leaks begin, and the guard's start-up discount ends on
+    the flat readings instead of running to its cap.
+
     Example:
         python -m tfodtrain +experiment=leak_demo leak_demo.leak=false   # the same run, leak off
     """
 
     def __init__(self, enabled: bool = True, mib_per_step: float = 8.0, max_steps_per_s: float | None = 5.0,
-                 images: int = 2, image_size: int = 128):
+                 images: int = 2, image_size: int = 128, start_step: int = 0):
         super().__init__()
         self.enabled = bool(enabled)
+        self.start_step = int(start_step)
+        self._batches = 0  # batches ended in this process
         self.mib_per_step = float(mib_per_step)
         self.max_steps_per_s = float(max_steps_per_s) if max_steps_per_s else None
         self._last_end: float | None = None
@@ -61,6 +67,10 @@ class KeepDetections(RunCallback):
 
     def on_train_batch_end(self, batch, logs=None):
         if not self.enabled:
+            return
+        self._batches += 1
+        if self._batches <= self.start_step:
+            self._pace()
             return
         import tensorflow as tf
 
