@@ -21,6 +21,7 @@ from types import SimpleNamespace
 import psutil
 import pytest
 
+from helpers.background import Background
 from tfodtrain import watch
 from tfodtrain.memory.traces import read_trace
 
@@ -321,12 +322,41 @@ def _report(run: Path) -> dict:
     return json.loads((run / "abort_report.json").read_text())
 
 
+# The three watched leaks below mostly wait (a flat phase, a paced leak, the guard's readings): they run side by
+# side, started when the module starts (if selected), each in its own dirs; each test waits for its own.
+SLOW_WATCHES = {
+    "test_leaking_child_is_stopped_with_its_checkpoint_before_the_budget_kill": (lambda run, ckpt: [
+        "--run-dir", str(run), *BUDGET, "--grace-s", "20", "--",
+        *CHILD, *LEAK, "--ckpt-dir", str(ckpt), "--on-term", "save"], 300),
+    "test_child_ignoring_sigterm_is_stopped_right_after_its_next_periodic_save": (lambda run, ckpt: [
+        "--run-dir", str(run), *BUDGET, "--grace-s", "3", "--checkpoint-dir", str(ckpt), "--",
+        *CHILD, *LEAK, "--ckpt-dir", str(ckpt), "--save-every", "8", "--on-term", "ignore"], 300),
+    "test_restarts_after_an_abort_and_the_resumed_child_finishes": (lambda run, ckpt: [
+        "--run-dir", str(run), *BUDGET, "--grace-s", "20", "--checkpoint-dir", str(ckpt),
+        "--restarts", "1", "--backoff-s", "1", "--",
+        *CHILD, *LEAK, "--ckpt-dir", str(ckpt), "--on-term", "save", "--leak-unless-resumed",
+        "--resumed-run-s", "3"], 400),
+}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def slow_watches(request, tmp_path_factory):
+    """Starts the selected tests' SLOW_WATCHES at once; `slow_watches(name)` -> (run, ckpt, CompletedProcess)."""
+    selected = {item.name for item in request.session.items if item.module is request.module}
+    runs, dirs = Background(), {}
+    for name, (args, timeout) in SLOW_WATCHES.items():
+        if name in selected:
+            base = tmp_path_factory.mktemp("watch")
+            dirs[name] = base / "run", base / "ckpt"
+            runs.start(name, [sys.executable, "-m", "tfodtrain.watch", *args(*dirs[name])], timeout)
+    yield lambda name: (*dirs[name], runs.result(name))
+    runs.stop()
+
+
 @pytest.mark.slow
-def test_leaking_child_is_stopped_with_its_checkpoint_before_the_budget_kill(tmp_path):
+def test_leaking_child_is_stopped_with_its_checkpoint_before_the_budget_kill(slow_watches, request):
     """Real signals: the watch SIGTERMs a leaking child, which saves and exits, before the budget's SIGKILL."""
-    run, ckpt = tmp_path / "run", tmp_path / "ckpt"
-    done = run_watch(["--run-dir", str(run), *BUDGET, "--grace-s", "20", "--",
-                      *CHILD, *LEAK, "--ckpt-dir", str(ckpt), "--on-term", "save"])
+    run, ckpt, done = slow_watches(request.node.name)
     assert done.returncode == 75, done.stderr[-3000:]
     assert "memory budget exceeded" not in done.stderr
     assert saves(ckpt) == ["ckpt_0001.bin"]  # written on SIGTERM
@@ -341,12 +371,10 @@ def test_leaking_child_is_stopped_with_its_checkpoint_before_the_budget_kill(tmp
 
 
 @pytest.mark.slow
-def test_child_ignoring_sigterm_is_stopped_right_after_its_next_periodic_save(tmp_path):
+def test_child_ignoring_sigterm_is_stopped_right_after_its_next_periodic_save(slow_watches, request):
     """Real signals: the child ignores SIGTERM and saves every 8 s; the watch waits for the next save,
     then SIGTERM (ignored), then SIGKILL after the grace: nothing is lost, the budget is never reached."""
-    run, ckpt = tmp_path / "run", tmp_path / "ckpt"
-    done = run_watch(["--run-dir", str(run), *BUDGET, "--grace-s", "3", "--checkpoint-dir", str(ckpt), "--",
-                      *CHILD, *LEAK, "--ckpt-dir", str(ckpt), "--save-every", "8", "--on-term", "ignore"])
+    run, ckpt, done = slow_watches(request.node.name)
     assert done.returncode == 75, done.stderr[-3000:]
     assert "memory budget exceeded" not in done.stderr
     report = _report(run)
@@ -364,14 +392,10 @@ def test_child_ignoring_sigterm_is_stopped_right_after_its_next_periodic_save(tm
 
 
 @pytest.mark.slow
-def test_restarts_after_an_abort_and_the_resumed_child_finishes(tmp_path):
+def test_restarts_after_an_abort_and_the_resumed_child_finishes(slow_watches, request):
     """Real signals: attempt 1 leaks and is stopped (saving on SIGTERM); attempt 2 resumes, does not leak,
     and exits 0, so the watch does."""
-    run, ckpt = tmp_path / "run", tmp_path / "ckpt"
-    done = run_watch(["--run-dir", str(run), *BUDGET, "--grace-s", "20", "--checkpoint-dir", str(ckpt),
-                      "--restarts", "1", "--backoff-s", "1", "--",
-                      *CHILD, *LEAK, "--ckpt-dir", str(ckpt), "--on-term", "save", "--leak-unless-resumed",
-                      "--resumed-run-s", "3"], timeout=400)
+    run, ckpt, done = slow_watches(request.node.name)
     assert done.returncode == 0, done.stderr[-3000:]
     records = [json.loads(line) for line in (run / "restarts.jsonl").read_text().splitlines()]
     assert [r["exit_code"] for r in records] == [75, 0]
