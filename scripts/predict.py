@@ -1,4 +1,5 @@
-"""Run a trained detector on image files and write PNGs with the boxes, class names and scores drawn.
+"""Run a trained detector on image files and write PNGs with the boxes, class names and scores drawn
+(and, for Mask R-CNN, each instance mask pasted into its box and shaded in the box's colour).
 
 MODEL is an exported SavedModel (`mode=export`: EXPORT_DIR or EXPORT_DIR/saved_model) or a run dir
 (its config.yaml and newest checkpoint, or --checkpoint). Images are files, or the first --count
@@ -91,7 +92,19 @@ class Detector:
         outputs = self._infer(tf.constant(image[None], tf.uint8))
         count = int(outputs["num_detections"][0])
         return {key: outputs[key][0].numpy()[:count] for key in
-                ("detection_boxes", "detection_classes", "detection_scores")}
+                ("detection_boxes", "detection_classes", "detection_scores", "detection_masks") if key in outputs}
+
+
+def paste_masks(masks: np.ndarray, boxes: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Box-relative mask probabilities [N, m, m] and normalized boxes [N, 4] (ymin, xmin, ymax, xmax) ->
+    boolean masks [N, height, width] on the image (Model Garden's `paste_instance_masks`, threshold 0.5)."""
+    from official.vision.ops import mask_ops
+
+    if len(masks) == 0:
+        return np.zeros((0, height, width), bool)
+    ymin, xmin, ymax, xmax = (boxes[:, i] for i in range(4))
+    pixel_boxes = np.stack([xmin * width, ymin * height, (xmax - xmin) * width, (ymax - ymin) * height], axis=1)
+    return mask_ops.paste_instance_masks(masks, pixel_boxes, height, width) > 0.5
 
 
 def read_image(path: Path) -> np.ndarray:
@@ -125,10 +138,17 @@ def read_tfrecord_images(pattern: str, count: int) -> list[tuple[str, np.ndarray
     return images
 
 
-def draw_detections(image: np.ndarray, detections: list[dict]) -> Image.Image:
-    """The image (enlarged if small) with one labelled box per detection (normalized boxes)."""
+def draw_detections(image: np.ndarray, detections: list[dict], masks: np.ndarray | None = None) -> Image.Image:
+    """The image (enlarged if small) with one labelled box per detection (normalized boxes); `masks`
+    (boolean [N, height, width] of the image, one per detection) are shaded in their box's colour."""
     canvas = Image.fromarray(image)
     scale = max(1, math.ceil(MIN_DRAWN_SIDE / max(canvas.size)))
+    if masks is not None and len(masks):
+        shaded = np.asarray(canvas, dtype=np.float32).copy()
+        for detection, mask in zip(detections, masks):
+            colour = np.asarray(COLOURS[detection["class_id"] % len(COLOURS)], np.float32)
+            shaded[mask] = 0.45 * shaded[mask] + 0.55 * colour
+        canvas = Image.fromarray(shaded.round().astype(np.uint8))
     if scale > 1:
         canvas = canvas.resize((canvas.width * scale, canvas.height * scale), Image.Resampling.LANCZOS)
     draw = ImageDraw.Draw(canvas)
@@ -178,8 +198,13 @@ def predict(model: str, images: list[str], out_dir: str, min_score: float = 0.5,
                                                f"class {int(found['detection_classes'][i])}"),
                        "score": round(float(found["detection_scores"][i]), 4),
                        "box": [round(float(v), 4) for v in found["detection_boxes"][i]]} for i in keep]
+        masks = None
+        if "detection_masks" in found:
+            masks = paste_masks(found["detection_masks"][keep], found["detection_boxes"][keep], *image.shape[:2])
+            for detection, mask in zip(detections, masks):
+                detection["mask_pixels"] = int(mask.sum())  # of the image's pixels, inside the box
         target = out / f"{name}.png"
-        draw_detections(image, detections).save(target, optimize=True)
+        draw_detections(image, detections, masks).save(target, optimize=True)
         records.append({"image": name, "output": str(target), "detections": detections})
         summary = ", ".join(f"{d['class_name']} {d['score']:.2f}" for d in detections) or "nothing"
         print(f"{name}: {summary} -> {target}")

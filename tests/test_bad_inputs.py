@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers.records import corrupt_data_crc, example, good_records, write
+from helpers.records import corrupt_data_crc, example, good_records, png_mask, write
 from helpers.cli import run_cli
 
 SMOKE = "+experiment=smoke"
@@ -29,7 +29,7 @@ def catalogue(data: Path) -> list[tuple[str, list[str], str]]:
     """(what is wrong, CLI arguments, what the one line must say)."""
     good, val = str(data / "good.tfrecord"), str(data / "val.tfrecord")
     bad = {name: str(data / f"{name}.tfrecord") for name in
-           ("corrupt", "missing_key", "box_outside", "box_inverted", "empty_image", "class_id")}
+           ("corrupt", "missing_key", "box_outside", "box_inverted", "empty_image", "class_id", "mask_size")}
     return [
         ("no experiment", [], "no experiment chosen"),
         ("unknown experiment", ["+experiment=ssdd"], "unknown experiment 'ssdd'; available:"),
@@ -60,6 +60,10 @@ def catalogue(data: Path) -> list[tuple[str, list[str], str]]:
         ("empty image", _tfrecord(bad["empty_image"], val), f"{bad['empty_image']} record 0: empty image"),
         ("class id out of range", _tfrecord(bad["class_id"], val),
          f"{bad['class_id']} record 3: class id 4 of box 0 outside 1..3"),
+        ("Mask R-CNN on records without masks", ["+experiment=maskrcnn"] + _tfrecord(good, val)[1:],
+         f"{good} record 0: missing feature image/object/mask"),
+        ("mask of another size than its image", ["+experiment=maskrcnn"] + _tfrecord(bad["mask_size"], val)[1:],
+         f"{bad['mask_size']} record 1: mask 1 is 16x16 pixels, the image 32x32"),
     ]
 
 
@@ -75,6 +79,8 @@ def bad_data(tmp_path_factory) -> Path:
                                                                         labels=(1, 2))])
     write(data / "empty_image.tfrecord", [example(image=b"")] + good_records(1))
     write(data / "class_id.tfrecord", good_records(3) + [example(labels=(4,))])
+    write(data / "mask_size.tfrecord", good_records(1, masks=True)
+          + [example(boxes=((0.1, 0.5, 0.2, 0.6), (0.5, 0.9, 0.5, 0.9)), labels=(1, 2), masks=[png_mask(), png_mask(16)])])
     return data
 
 

@@ -72,3 +72,53 @@ def test_bad_arguments_get_one_line(tmp_path):
     (tmp_path / "images" / "b.jpg").unlink()
     out = _run("--annotations", str(annotations), "--images", str(tmp_path / "images"), "--output", str(tmp_path / "o"))
     assert out.returncode == 2 and "1 images of instances.json are not in" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_masks_from_polygons_and_both_kinds_of_rle(tmp_path):
+    """--masks: a polygon, an uncompressed RLE and a compressed RLE each become the PNG mask they describe."""
+    import io
+
+    import numpy as np
+    from pycocotools import mask as coco_mask
+
+    annotations = _tiny_coco(tmp_path)
+    coco = json.loads(annotations.read_text())
+    square = np.zeros((48, 64), np.uint8)
+    square[10:20, 30:50] = 1  # 10 x 20
+    compressed = coco_mask.encode(np.asfortranarray(square))
+    band = np.zeros((48, 64), np.uint8)
+    band[0:4, :] = 1  # 4 x 64, starting at the first pixel (the RLE starts with a run of 0 zeros)
+    flat = band.flatten(order="F")
+    uncompressed = {"size": [48, 64], "counts": [0] + [int(n) for n in np.diff(
+        np.concatenate([[0], np.flatnonzero(flat[1:] != flat[:-1]) + 1, [flat.size]]))]}
+    coco["annotations"] = [
+        {"id": 1, "image_id": 7, "category_id": 3, "bbox": [8, 4, 32, 20], "iscrowd": 0,
+         "segmentation": [[8, 4, 40, 4, 40, 24, 8, 24]]},  # a 32 x 20 rectangle as a polygon
+        {"id": 2, "image_id": 7, "category_id": 18, "bbox": [30, 10, 20, 10], "iscrowd": 0,
+         "segmentation": {"size": [48, 64], "counts": compressed["counts"].decode()}},
+        {"id": 3, "image_id": 7, "category_id": 18, "bbox": [0, 0, 64, 4], "iscrowd": 0, "segmentation": uncompressed},
+    ]
+    annotations.write_text(json.dumps(coco))
+    out = _run("--annotations", str(annotations), "--images", str(tmp_path / "images"),
+               "--output", str(tmp_path / "out" / "val"), "--masks")
+    assert out.returncode == 0, out.stderr[-2000:]
+    files = [str(p) for p in (tmp_path / "out").glob("val-*.tfrecord")]
+    assert scan_records(files, num_classes=19, masks=True).bad == []  # one PNG per box, of the image's size
+    for _, data in iter_records(files[0]):
+        example = example_class()()
+        example.ParseFromString(data)
+        feature = example.features.feature
+        if feature["image/source_id"].bytes_list.value[0] != b"7":
+            continue
+        decoded = [np.asarray(Image.open(io.BytesIO(png))) for png in feature["image/object/mask"].bytes_list.value]
+        assert [m.shape for m in decoded] == [(48, 64)] * 3
+        assert abs(int(decoded[0].sum()) - 33 * 21) <= 33 + 21  # the polygon's area (pycocotools rasterisation)
+        assert np.array_equal(decoded[1], square) and np.array_equal(decoded[2], band)
+        break
+    else:
+        raise AssertionError("image 7 not written")
+    del coco["annotations"][0]["segmentation"]
+    annotations.write_text(json.dumps(coco))
+    out = _run("--annotations", str(annotations), "--images", str(tmp_path / "images"),
+               "--output", str(tmp_path / "out2" / "val"), "--masks")
+    assert out.returncode == 2 and "annotation 1 has no 'segmentation'" in out.stderr and "Traceback" not in out.stderr

@@ -7,7 +7,8 @@ import sys
 import pytest
 from omegaconf import OmegaConf
 
-from helpers.records import corrupt_data_crc, example, good_records, write
+from helpers.cli import run_cli
+from helpers.records import corrupt_data_crc, example, good_records, png_mask, write
 from tfodtrain.data import validate
 from tfodtrain.data.validate import check_example, iter_records, scan_records, validate_data
 from tfodtrain.exit_codes import UserError
@@ -34,6 +35,47 @@ def test_good_records_pass():
     assert check_example(example(boxes=(), labels=()), num_classes=4) is None  # an image without objects
     # boxes touching the border, and the largest class id, are fine
     assert check_example(example(boxes=((0.0, 1.0, 0.0, 1.0),), labels=(3,)), num_classes=4) is None
+
+
+BAD_MASKS = {
+    "no mask": (example(), "missing feature image/object/mask"),
+    "one mask for two boxes": (example(boxes=((0.1, 0.5, 0.2, 0.6), (0.5, 0.9, 0.5, 0.9)), labels=(1, 2),
+                                       masks=[png_mask()]), "holds 1 masks for 2 boxes"),
+    "mask of another size": (example(masks=[png_mask(16)]), "mask 0 is 16x16 pixels, the image 32x32"),
+    "mask taller than the image": (example(masks=[png_mask(32, 48)]), "mask 0 is 32x48 pixels"),
+    "mask not a PNG": (example(masks=[b"not a png"]), "mask 0 is not a readable PNG"),
+}
+
+
+def test_masks_are_checked_only_for_a_model_with_masks():
+    for record in good_records(2, masks=True):
+        assert check_example(record, num_classes=4, masks=True) is None
+    assert check_example(example(boxes=(), labels=()), num_classes=4, masks=True) is None  # no objects, no masks
+    record, _ = BAD_MASKS["no mask"]
+    assert check_example(record, num_classes=4) is None  # boxes only: masks are not needed
+
+
+@pytest.mark.parametrize("kind", sorted(BAD_MASKS))
+def test_each_bad_mask_is_named(kind):
+    record, expected = BAD_MASKS[kind]
+    assert expected in check_example(record, num_classes=4, masks=True)
+
+
+def test_a_bad_mask_is_one_line_and_exit_2(tmp_path):
+    """The CLI's pre-check, before TensorFlow: +experiment=maskrcnn on records whose second mask is of
+    another size than its image."""
+    train = write(tmp_path / "train.tfrecord", good_records(2, masks=True)
+                  + [example(masks=[png_mask(24)])])
+    val = write(tmp_path / "val.tfrecord", good_records(1, masks=True))
+    result = run_cli(["+experiment=maskrcnn", "data=tfrecord", f"data.train_path={train}", f"data.val_path={val}",
+                      "data.num_classes=4"], run_dir=tmp_path / "run", timeout=120)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    assert lines == [f"tfodtrain: error: bad train record: {train} record 2: mask 0 is 24x24 pixels, the image "
+                     "32x32: a mask covers the whole image; fix or remove it, or set data.bad_records=skip to train "
+                     "without such records"]
+    assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.parametrize("kind", sorted(BAD))

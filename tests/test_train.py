@@ -14,7 +14,7 @@ from helpers.cli import compose_config, run_cli
 from helpers.repo import REPO
 from tfodtrain.config_checks import available_experiments, check_config
 
-EXPERIMENTS = ["ssd", "retinanet", "smoke", "leak_demo"]
+EXPERIMENTS = ["ssd", "retinanet", "fasterrcnn", "maskrcnn", "maskrcnn_mobile", "smoke", "leak_demo"]
 
 
 def test_all_experiments_exist():
@@ -40,6 +40,29 @@ def test_experiment_composes_into_a_model_garden_config(name, tmp_path):
     if name == "retinanet":
         assert model.backbone.type == "resnet" and model.backbone.resnet.model_id == 50
         assert model.input_size == [640, 640, 3]
+    if name in ("fasterrcnn", "maskrcnn"):  # two-stage ResNet-50 FPN over levels 2-6, from scratch
+        assert model.backbone.type == "resnet" and model.backbone.resnet.model_id == 50
+        assert (model.min_level, model.max_level) == (2, 6) and model.input_size == [640, 640, 3]
+        assert params.task.init_checkpoint is None and model.norm_activation.use_sync_bn is False
+        assert model.include_mask == (name == "maskrcnn") and (model.mask_head is None) == (name == "fasterrcnn")
+    if name == "maskrcnn_mobile":
+        assert model.backbone.type == "mobilenet" and model.include_mask and model.input_size == [128, 128, 3]
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["+experiment=maskrcnn", "model.input_size=288"], "model.input_size=288 must be a multiple of 64"),
+    (["+experiment=retinanet", "model.input_size=320"], "must be a multiple of 128"),
+    (["+experiment=ssd", "model.masks=true"], "model.masks=true needs a Mask R-CNN experiment"),
+    (["+experiment=fasterrcnn", "model.masks=true"], "has no mask head"),
+])
+def test_model_settings_that_do_not_fit_the_model_are_one_line(overrides, message, tmp_path):
+    from tfodtrain.exit_codes import UserError
+    from tfodtrain.experiment import build_experiment
+
+    cfg = compose_config(overrides, run_dir=tmp_path)
+    check_config(cfg)
+    with pytest.raises(UserError, match=message):
+        build_experiment(cfg, {"train": "unused-train", "val": "unused-val", "num_classes": 4})
 
 
 def test_learning_rate_warms_up_then_decays_to_zero_at_the_last_step(tmp_path):

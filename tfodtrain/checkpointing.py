@@ -163,8 +163,15 @@ class Checkpointer:
 def build_variables(detector, input_size) -> None:
     """Create every variable now (the head's are made on first call), so a checkpoint restores, or
     fails to match, at once instead of silently at the first training or evaluation step."""
+    height, width = int(input_size[0]), int(input_size[1])
+    images = tf.zeros([1, height, width, 3])
+    if hasattr(detector, "rpn_head"):
+        # Faster/Mask R-CNN: the second stage's heads are built on the ROI features of a whole call
+        shape = tf.constant([[height, width]], tf.float32)
+        tf.function(lambda: detector(images, image_shape=shape, training=False))()
+        return
     # RetinaNetModel.call without its post-processing, which has no variables (and NMS is slow eagerly).
-    features = detector.backbone(tf.zeros([1, int(input_size[0]), int(input_size[1]), 3]), training=False)
+    features = detector.backbone(images, training=False)
     if detector.decoder is not None:
         features = detector.decoder(features, training=False)
     detector.head(features, training=False)

@@ -141,7 +141,7 @@ def check_inputs(cfg: DictConfig) -> None:
     if cfg.data.name == "tfrecord":
         from tfodtrain.data.tfrecord import check_tfrecord_inputs
 
-        check_tfrecord_inputs(cfg.data)
+        check_tfrecord_inputs(cfg.data, masks=bool(cfg.model.get("masks", False)))
 
 
 def input_error(composed_cfg: DictConfig) -> str | None:

@@ -16,6 +16,11 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import glob
+import hashlib
+import json
+import os
+from pathlib import Path
 
 import tf_keras
 from omegaconf import DictConfig, OmegaConf
@@ -39,7 +44,7 @@ def resolve_data(cfg: DictConfig) -> dict:
     if data.name == "tfrecord":
         from tfodtrain.data.tfrecord import check_tfrecord_inputs
 
-        return check_tfrecord_inputs(data)
+        return check_tfrecord_inputs(data, masks=bool(cfg.model.get("masks", False)))
     raise UserError(f"unknown data '{data.name}': choose data=shapes or data=tfrecord")
 
 
@@ -61,9 +66,11 @@ def build_experiment(cfg: DictConfig, data: dict):
     compute_dtype = {"mixed_float16": "float16", "mixed_bfloat16": "bfloat16"}.get(
         trainer.mixed_precision or "", "float32")
     task = params.task
+    _check_input_size(size, task.model)
+    _set_masks(task.model, bool(cfg.model.get("masks", False)))
     task.model.num_classes = data["num_classes"]
     task.model.input_size = [size, size, 3]
-    task.annotation_file = None  # evaluate from the TFRecord groundtruths
+    task.annotation_file = None  # evaluate from the TFRecord groundtruths (masks: `build` adds a COCO file)
     task.init_checkpoint = cfg.model.init_checkpoint
     modules = cfg.model.init_checkpoint_modules
     task.init_checkpoint_modules = modules if isinstance(modules, str) else list(modules)  # not a ListConfig
@@ -97,6 +104,50 @@ def build_experiment(cfg: DictConfig, data: dict):
     params.trainer.train_steps = int(trainer.steps)
     params.validate()
     return params
+
+
+def _check_input_size(size: int, model) -> None:
+    """The feature pyramid halves the input up to its top level: the side must divide by 2^max_level."""
+    stride = 2 ** int(model.max_level)
+    if size % stride:
+        raise UserError(f"model.input_size={size} must be a multiple of {stride} for this model (its top level is "
+                        f"{model.max_level}), e.g. {max(stride, size // stride * stride)}")
+
+
+def _set_masks(model, masks: bool) -> None:
+    """model.masks switches a Mask R-CNN's mask head; only two-stage models with a mask head have one."""
+    if not hasattr(model, "include_mask"):
+        if masks:
+            raise UserError("model.masks=true needs a Mask R-CNN experiment (e.g. +experiment=maskrcnn)")
+        return
+    if masks and model.mask_head is None:
+        raise UserError(f"model.masks=true: {model.backbone.type} model config has no mask head; "
+                        "use +experiment=maskrcnn (or model.masks=false for boxes only)")
+    model.include_mask = masks
+
+
+def mask_annotation_file(data: dict, include_mask: bool) -> tuple[str, int]:
+    """A COCO annotation file of the validation TFRecords (boxes and masks) and their number of examples,
+    made once per set of files by Model Garden's own generator into the data cache; Model Garden's mask
+    evaluation reads its groundtruth masks from it."""
+    from official.vision.evaluation import coco_utils
+
+    from tfodtrain.data.validate import iter_records
+
+    files = sorted(f for pattern in data["val"].split(",") for f in glob.glob(pattern))
+    key = json.dumps([(os.path.abspath(f), os.stat(f).st_size, os.stat(f).st_mtime_ns) for f in files]
+                     + [include_mask])
+    root = Path(os.environ.get("TFODTRAIN_CACHE") or "~/.cache/tfodtrain").expanduser()
+    path = root / "annotations" / f"val-{hashlib.sha1(key.encode()).hexdigest()[:12]}.json"
+    count_path = path.with_suffix(".count")
+    if not (path.is_file() and count_path.is_file()):
+        count = sum(1 for f in files for _, record in iter_records(f) if isinstance(record, bytes))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        staging = path.with_name(f"{path.name}.tmp{os.getpid()}")
+        coco_utils.scan_and_generator_annotation_file(data["val"], "tfrecord", count, include_mask, str(staging))
+        count_path.write_text(str(count))
+        os.replace(staging, path)
+    return str(path), int(count_path.read_text())
 
 
 def configure_devices(memory_cfg) -> list:
@@ -221,6 +272,8 @@ def build(cfg: DictConfig, data: dict, *, strategy_name: str | None = None, logg
     gpus = configure_devices(cfg.memory)
     strategy = distribute.make_strategy(strategy_name, gpus) if strategy_name else tf.distribute.get_strategy()
     params = build_experiment(cfg, data)
+    if with_task and getattr(params.task.model, "include_mask", False):
+        params.task.annotation_file, params.task.validation_data.num_examples = mask_annotation_file(data, True)
     if precision and cfg.trainer.mixed_precision:
         tf_keras.mixed_precision.set_global_policy(cfg.trainer.mixed_precision)
     task = task_factory.get_task(params.task, logging_dir=logging_dir) if with_task else None

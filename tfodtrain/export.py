@@ -12,6 +12,7 @@ import os
 import shutil
 from pathlib import Path
 
+from official.vision.serving import detection
 from omegaconf import DictConfig
 
 from tfodtrain import experiment, rundir
@@ -21,23 +22,43 @@ from tfodtrain.exit_codes import UserError
 log = logging.getLogger("tfodtrain")
 
 SERVING_OUTPUTS = ("detection_boxes", "detection_classes", "detection_scores", "num_detections")
+MASK_OUTPUT = "detection_masks"  # Mask R-CNN: [batch, 100, 28, 28] mask probabilities, each inside its box
+
+
+class DetectionModule(detection.DetectionModule):
+    """Model Garden's serving module, with boxes in [0, 1] of the input image for every detector.
+
+    Model Garden normalises RetinaNet's boxes (`export_config.output_normalized_coordinates`); Faster and
+    Mask R-CNN have no `export_config` and serve boxes in pixels of the resized input. Here their boxes are
+    normalised by Model Garden's own `_normalize_coordinates`, with the `image_info` of the same call.
+    """
+
+    def preprocess(self, images):
+        images, anchor_boxes, image_info = super().preprocess(images)
+        self._image_info = image_info  # read by serve() in the same trace
+        return images, anchor_boxes, image_info
+
+    def serve(self, images):
+        outputs = super().serve(images)
+        if hasattr(self.params.task, "export_config"):  # RetinaNet: normalised by Model Garden
+            return outputs
+        return self._normalize_coordinates(dict(outputs), ["detection_boxes"], self._image_info)
 
 
 def load_serving_module(cfg: DictConfig, checkpoint: str, data: dict | None = None):
-    """Model Garden's `DetectionModule` (uint8 images in; normalized boxes, classes, scores out) with the
-    weights of `checkpoint`. Returns (module, params, step).
+    """Model Garden's `DetectionModule` (uint8 images in; normalized boxes, classes, scores and, for Mask
+    R-CNN, box-relative masks out) with the weights of `checkpoint`. Returns (module, params, step).
 
     Example:
         >>> module, params, step = load_serving_module(cfg, "runs/ssd1/checkpoints/ckpt-600")
         >>> module.inference_from_image_tensors(tf.zeros([1, 480, 640, 3], tf.uint8))["detection_boxes"]
     """
-    from official.vision.serving import detection
-
     data = data or experiment.resolve_data(cfg)
     params = experiment.build(cfg, data, precision=False, with_task=False).params
-    params.task.export_config.output_normalized_coordinates = True  # boxes in [0, 1] of any input size
+    if hasattr(params.task, "export_config"):
+        params.task.export_config.output_normalized_coordinates = True  # boxes in [0, 1] of any input size
     size = list(params.task.model.input_size[:2])
-    module = detection.DetectionModule(params, batch_size=None, input_image_size=size, input_type="image_tensor")
+    module = DetectionModule(params, batch_size=None, input_image_size=size, input_type="image_tensor")
     step = restore_detector(module.model, params, checkpoint)
     return module, params, step
 
@@ -62,12 +83,17 @@ def export_saved_model(cfg: DictConfig) -> dict:
         checkpoint_path=None, export_dir=str(staging), export_module=module, export_saved_model_subdir="saved_model")
     label_map = data.get("label_map") or {}
     (staging / "label_map.json").write_text(json.dumps({str(k): v for k, v in label_map.items()}, indent=2) + "\n")
+    outputs = {"detection_boxes": "float32 [batch, 100, 4] ymin, xmin, ymax, xmax in [0, 1]",
+               "detection_classes": "int [batch, 100] class ids (label_map.json)",
+               "detection_scores": "float32 [batch, 100]", "num_detections": "int [batch]"}
+    if getattr(params.task.model, "include_mask", False):
+        side = int(params.task.model.mask_head.upsample_factor) * int(params.task.model.mask_roi_aligner.crop_size)
+        outputs[MASK_OUTPUT] = (f"float32 [batch, 100, {side}, {side}] mask probabilities inside each box "
+                                "(resize to the box and threshold at 0.5)")
     info = {"checkpoint": checkpoint, "step": step, "experiment": cfg.experiment_name,
             "saved_model": str(export_root / "saved_model"), "signature": "serving_default",
             "input": {"name": "inputs", "dtype": "uint8", "shape": [None, None, None, 3]},
-            "outputs": {"detection_boxes": "float32 [batch, 100, 4] ymin, xmin, ymax, xmax in [0, 1]",
-                        "detection_classes": "int [batch, 100] class ids (label_map.json)",
-                        "detection_scores": "float32 [batch, 100]", "num_detections": "int [batch]"}}
+            "outputs": outputs}
     rundir.write_json(staging / "export_info.json", info)
     # Swap in the new export only when complete: a failed export never leaves half a SavedModel.
     previous = export_root.with_name(f"{export_root.name}.old{os.getpid()}")

@@ -185,9 +185,11 @@ def train(cfg: DictConfig) -> dict:
     rundir.write_json(run_dir / rundir.METRICS, result)
     write_final_summaries(writer, final_step, result)  # run/steps_per_second for the hparams table
     writer.flush()
-    log.info("Finished at step %d: AP %.3f, AP50 %.3f, AP75 %.3f; %s steps/s; metrics in %s", final_step,
+    masks = (f", mask AP {metrics['mask_AP']:.3f}, mask AP50 {metrics['mask_AP50']:.3f}, "
+             f"mask AP75 {metrics['mask_AP75']:.3f}" if "mask_AP" in metrics else "")
+    log.info("Finished at step %d: AP %.3f, AP50 %.3f, AP75 %.3f%s; %s steps/s; metrics in %s", final_step,
              metrics.get("AP", float("nan")), metrics.get("AP50", float("nan")), metrics.get("AP75", float("nan")),
-             summary["steps_per_second"], run_dir / rundir.METRICS)
+             masks, summary["steps_per_second"], run_dir / rundir.METRICS)
     return result
 
 

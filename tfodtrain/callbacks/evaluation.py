@@ -15,6 +15,7 @@ from tfodtrain.console import verbose
 log = logging.getLogger(__name__)
 
 REPORTED_METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "ARmax100")
+MASK_METRICS = ("mask_AP", "mask_AP50", "mask_AP75")  # Mask R-CNN (model.masks=true): the same on the masks
 
 
 class CocoEvaluator:
@@ -41,7 +42,11 @@ class CocoEvaluator:
         return groundtruths, predictions
 
     def evaluate(self) -> dict[str, float]:
-        self.task.build_metrics(training=False)  # creates a fresh task.coco_metric
+        printed = io.StringIO()
+        # pycocotools prints as it loads an annotation file (Mask R-CNN) and its whole table: to the log file
+        # only, unless TFODTRAIN_VERBOSE=1
+        with contextlib.nullcontext() if verbose() else contextlib.redirect_stdout(printed):
+            self.task.build_metrics(training=False)  # creates a fresh task.coco_metric
         dataset = self.dataset if self.max_batches is None else self.dataset.take(self.max_batches)
         state = None
         for inputs in dataset:
@@ -49,12 +54,10 @@ class CocoEvaluator:
             state = self.task.aggregate_logs(state, {self.task.coco_metric.name: outputs})
         if state is None:
             raise RuntimeError("the validation split produced no batch (is it smaller than eval_batch_size?)")
-        printed = io.StringIO()
-        # pycocotools prints its whole table: to the log file only, unless TFODTRAIN_VERBOSE=1
         with contextlib.nullcontext() if verbose() else contextlib.redirect_stdout(printed):
             results = self.task.reduce_aggregated_logs(state)
         log.debug("pycocotools:\n%s", printed.getvalue())
-        return {name: float(value) for name, value in results.items() if name in REPORTED_METRICS}
+        return {name: float(value) for name, value in results.items() if name in REPORTED_METRICS + MASK_METRICS}
 
 
 def write_eval_summaries(writer, step: int, metrics: dict[str, float]) -> None:

@@ -35,11 +35,13 @@ def load_label_map(path: str | None) -> dict[int, str] | None:
         raise UserError(f"data.label_map='{path}' is not a JSON object of class id -> name, e.g. {{\"1\": \"cat\"}}") from None
 
 
-def check_tfrecord_inputs(data_cfg) -> dict:
+def check_tfrecord_inputs(data_cfg, masks: bool = False) -> dict:
+    """The files, class count and label map of `data=tfrecord`, their records scanned (`masks`: each record
+    must also hold one instance mask per box)."""
     train_files = expand_glob(data_cfg.train_path, "data.train_path")
     val_files = expand_glob(data_cfg.val_path, "data.val_path")
     data = {"train": ",".join(train_files), "val": ",".join(val_files),
             "num_classes": int(data_cfg.num_classes), "label_map": load_label_map(data_cfg.label_map)}
     from tfodtrain.data.validate import validate_data  # scans the records: bad ones stop the run or are skipped
 
-    return validate_data(data_cfg, data)
+    return validate_data(data_cfg, data, masks=masks)

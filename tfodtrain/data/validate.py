@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 
 BOX_KEYS = ("image/object/bbox/xmin", "image/object/bbox/xmax", "image/object/bbox/ymin", "image/object/bbox/ymax")
 LABEL_KEY = "image/object/class/label"
+MASK_KEY = "image/object/mask"
 IMAGE_KEY = "image/encoded"
 _EPSILON = 1e-6  # float32 rounding of coordinates written as exactly 0 or 1
 _memo: dict = {}  # one scan per process: the CLI's pre-check and train() share it
@@ -159,8 +160,9 @@ def _values(feature, kind: str):
     return getattr(feature, kind).value
 
 
-def check_example(data: bytes, num_classes: int) -> str | None:
-    """The first problem of one serialized record, or None when Model Garden can train on it."""
+def check_example(data: bytes, num_classes: int, masks: bool = False) -> str | None:
+    """The first problem of one serialized record, or None when Model Garden can train on it
+    (`masks`: a Mask R-CNN, which also needs an instance mask per box)."""
     from google.protobuf.message import DecodeError
     from PIL import Image, UnidentifiedImageError
 
@@ -217,6 +219,29 @@ def check_example(data: bytes, num_classes: int) -> str | None:
         if not 1 <= label <= num_classes - 1:
             return (f"class id {label} of box {i} outside 1..{num_classes - 1} (data.num_classes={num_classes} "
                     "counts the background: raise it or fix the label)")
+    return _check_masks(feature, len(labels), (width, height)) if masks else None
+
+
+def _check_masks(feature, boxes: int, image_size: tuple[int, int]) -> str | None:
+    """One PNG mask per box, each of the image's size (headers only)."""
+    from PIL import Image, UnidentifiedImageError
+
+    hint = "(the model has masks: write them with scripts/coco_to_tfrecord.py --masks, or train without model.masks)"
+    if MASK_KEY not in feature:
+        return f"missing feature {MASK_KEY} {hint}" if boxes else None
+    encoded = _values(feature[MASK_KEY], "bytes_list")
+    if encoded is None:
+        return f"{MASK_KEY} must be a list of PNG-encoded masks, one per box"
+    if len(encoded) != boxes:
+        return f"{MASK_KEY} holds {len(encoded)} masks for {boxes} boxes: give one mask per box"
+    for i, png in enumerate(encoded):
+        try:
+            size = Image.open(io.BytesIO(png)).size
+        except (UnidentifiedImageError, OSError, ValueError) as error:
+            return f"mask {i} is not a readable PNG ({first_line(error, 80)})"
+        if size != image_size:
+            return (f"mask {i} is {size[0]}x{size[1]} pixels, the image {image_size[0]}x{image_size[1]}: "
+                    "a mask covers the whole image")
     return None
 
 
@@ -242,7 +267,7 @@ class Scan:
 
 
 def scan_records(files: list[str], num_classes: int, max_records: int | None = None,
-                 stop_at_first: bool = False) -> Scan:
+                 stop_at_first: bool = False, masks: bool = False) -> Scan:
     """Check up to `max_records` records (the first ones of every file; None: all) of these files."""
     scan = Scan()
     per_file = None if max_records is None else max(1, math.ceil(max_records / max(len(files), 1)))
@@ -255,7 +280,7 @@ def scan_records(files: list[str], num_classes: int, max_records: int | None = N
                 if not problem.resumable:
                     scan.unreadable_tails.append(path)
             else:
-                problem = check_example(record, num_classes)
+                problem = check_example(record, num_classes, masks)
                 if problem:
                     scan.bad.append(BadRecord(path, index, problem))
             if scan.bad and stop_at_first:
@@ -280,9 +305,10 @@ def _cache_root() -> Path:
     return Path(os.environ.get("TFODTRAIN_CACHE") or "~/.cache/tfodtrain").expanduser() / "clean-records"
 
 
-def validate_data(data_cfg, data: dict) -> dict:
+def validate_data(data_cfg, data: dict, masks: bool = False) -> dict:
     """Scan the train and val files of `data` (from `check_tfrecord_inputs`); raise on the first bad record
-    (`data.bad_records=error`) or return `data` with the bad records left out and counted (`skip`)."""
+    (`data.bad_records=error`) or return `data` with the bad records left out and counted (`skip`).
+    `masks`: the model has masks (model.masks), so each record must hold one per box."""
     mode = data_cfg.get("bad_records", "error")
     max_records = data_cfg.get("check_records", None)
     if max_records == 0:
@@ -291,15 +317,17 @@ def validate_data(data_cfg, data: dict) -> dict:
     result = dict(data, bad_records={})
     for split in ("train", "val"):
         files = data[split].split(",")
-        key = (tuple((f, os.stat(f).st_size, os.stat(f).st_mtime_ns) for f in files), num_classes, mode, max_records)
+        key = (tuple((f, os.stat(f).st_size, os.stat(f).st_mtime_ns) for f in files), num_classes, mode, max_records,
+               masks)
         if key not in _memo:
-            _memo[key] = _validate_split(split, files, num_classes, mode, max_records)
+            _memo[key] = _validate_split(split, files, num_classes, mode, max_records, masks)
         result[split], result["bad_records"][split] = _memo[key]
     return result
 
 
-def _validate_split(split: str, files: list[str], num_classes: int, mode: str, max_records) -> tuple[str, int]:
-    scan = scan_records(files, num_classes, max_records, stop_at_first=(mode == "error"))
+def _validate_split(split: str, files: list[str], num_classes: int, mode: str, max_records,
+                    masks: bool = False) -> tuple[str, int]:
+    scan = scan_records(files, num_classes, max_records, stop_at_first=(mode == "error"), masks=masks)
     if scan.bad and mode == "error":
         raise UserError(f"bad {split} record: {scan.bad[0].describe()}; fix or remove it, "
                         "or set data.bad_records=skip to train without such records")
