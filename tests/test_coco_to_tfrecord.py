@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -40,9 +41,20 @@ def _run(*args):
                           text=True, timeout=600, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
 
 
-def test_converts_a_tiny_coco_set(tmp_path):
+def _convert(capsys, *args) -> subprocess.CompletedProcess:
+    """The script's `main(args)` in this process: TensorFlow, which a conversion imports, is loaded once for the
+    test session instead of once per subprocess. The command line itself: test_bad_arguments_get_one_line."""
+    spec = importlib.util.spec_from_file_location("coco_to_tfrecord", REPO / "scripts" / "coco_to_tfrecord.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    code = script.main(list(args))
+    out = capsys.readouterr()
+    return subprocess.CompletedProcess(args, code, out.out, out.err)
+
+
+def test_converts_a_tiny_coco_set(tmp_path, capsys):
     annotations = _tiny_coco(tmp_path)
-    out = _run("--annotations", str(annotations), "--images", str(tmp_path / "images"),
+    out = _convert(capsys, "--annotations", str(annotations), "--images", str(tmp_path / "images"),
                "--output", str(tmp_path / "out" / "train"), "--shards", "2", "--contiguous-ids")
     assert out.returncode == 0, out.stderr[-2000:]
     result = json.loads(out.stdout)
@@ -74,7 +86,7 @@ def test_bad_arguments_get_one_line(tmp_path):
     assert out.returncode == 2 and "1 images of instances.json are not in" in out.stderr and "Traceback" not in out.stderr
 
 
-def test_masks_from_polygons_and_both_kinds_of_rle(tmp_path):
+def test_masks_from_polygons_and_both_kinds_of_rle(tmp_path, capsys):
     """--masks: a polygon, an uncompressed RLE and a compressed RLE each become the PNG mask they describe."""
     import io
 
@@ -99,7 +111,7 @@ def test_masks_from_polygons_and_both_kinds_of_rle(tmp_path):
         {"id": 3, "image_id": 7, "category_id": 18, "bbox": [0, 0, 64, 4], "iscrowd": 0, "segmentation": uncompressed},
     ]
     annotations.write_text(json.dumps(coco))
-    out = _run("--annotations", str(annotations), "--images", str(tmp_path / "images"),
+    out = _convert(capsys, "--annotations", str(annotations), "--images", str(tmp_path / "images"),
                "--output", str(tmp_path / "out" / "val"), "--masks")
     assert out.returncode == 0, out.stderr[-2000:]
     files = [str(p) for p in (tmp_path / "out").glob("val-*.tfrecord")]
@@ -119,6 +131,6 @@ def test_masks_from_polygons_and_both_kinds_of_rle(tmp_path):
         raise AssertionError("image 7 not written")
     del coco["annotations"][0]["segmentation"]
     annotations.write_text(json.dumps(coco))
-    out = _run("--annotations", str(annotations), "--images", str(tmp_path / "images"),
+    out = _convert(capsys, "--annotations", str(annotations), "--images", str(tmp_path / "images"),
                "--output", str(tmp_path / "out2" / "val"), "--masks")
     assert out.returncode == 2 and "annotation 1 has no 'segmentation'" in out.stderr and "Traceback" not in out.stderr

@@ -181,10 +181,10 @@ def test_c_a_tf_function_retraced_every_step_by_a_python_int():
             scaled_loss(tf.ones([3]), batch)  # a Python int: a new trace every step
 
     tf.get_logger().setLevel("ERROR")  # TensorFlow's own retracing warnings
-    warning, report, _ = fit_with_clues([Scale()], steps=40, warn_at=20)
+    warning, report, _ = fit_with_clues([Scale()], steps=20, warn_at=10)
     functions = report["retracing"]["functions"]
     assert functions[0]["function"] == "test_c_a_tf_function_retraced_every_step_by_a_python_int.<locals>.scaled_loss"
-    assert functions[0]["traces"] == 40 and functions[0]["new_traces"] == 20
+    assert functions[0]["traces"] == 20 and functions[0]["new_traces"] == 10
     argument = functions[0]["arguments"]
     assert [a["argument"] for a in argument] == ["step"] and argument[0]["what"] == "Python int value"
     assert "retraced" in warning and "by 'step' (Python int value: " in warning
