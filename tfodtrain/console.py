@@ -87,12 +87,20 @@ def relay_native_stderr() -> None:
 
     The relay runs in a session of its own and ignores SIGINT/SIGTERM: it ends when every writer has
     closed its end, so what a crashing or killed run writes last still reaches the console."""
-    read_end, write_end = os.pipe()
+    try:
+        console = os.dup(2)
+        read_end, write_end = os.pipe()
+    except OSError:  # no stderr to relay (closed), or no descriptors left: the console stays as it is
+        return
     code = "from tfodtrain.console import _relay_main; _relay_main()"
-    relay_process = subprocess.Popen([sys.executable, "-c", code], stdin=read_end, stdout=2, stderr=2,
-                                     close_fds=True, start_new_session=True)
+    try:
+        relay_process = subprocess.Popen([sys.executable, "-c", code], stdin=read_end, stdout=2, stderr=2,
+                                         close_fds=True, start_new_session=True)
+    except OSError:
+        for fd in (console, read_end, write_end):
+            os.close(fd)
+        return
     os.close(read_end)
-    console = os.dup(2)
     sys.stderr.flush()
     os.dup2(write_end, 2)
     os.close(write_end)
@@ -113,7 +121,10 @@ def _end_relay(relay_process: subprocess.Popen, console: int) -> None:
 def _relay_main() -> None:
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, signal.SIG_IGN)
-    relay(0, 1, native_noise(os.path.exists("/proc/driver/nvidia/version")))
+    try:
+        relay(0, 1, native_noise(os.path.exists("/proc/driver/nvidia/version")))
+    except BrokenPipeError:  # the console went away (`... 2>&1 | head`): as for the run without a relay
+        pass
 
 
 class _OwnLinesOnly(logging.Filter):
