@@ -1,19 +1,21 @@
 """Score the leak guard's defaults family by family on generated traces it has never seen.
 
-    python scripts/guard_families.py --per-family 6 --seed 101 [--set key=value ...] [--jobs 1]
+    python scripts/guard_families.py --per-family 6 --seed 101[,202,...] [--set key=value ...] [--jobs 1] [--json OUT]
 
 Every trace of every family (``tfodtrain.memory.tracegen.FAMILIES``: fast leaks that fill memory in
 3-60 minutes, slow ones of 6-48 hours, stairs, accelerating leaks, and healthy runs of 6-30 hours) is
 replayed through ``MemoryGuard`` as ``python -m tfodtrain.memory.replay`` does. A leak is caught when
 the abort leaves at least ``--lead`` seconds (60) before the reading that died. Prints one row per
 family: caught, false aborts, warnings per run, the median delay from the leak's start to the abort and
-the median lead; then the misses and false aborts. Exit 0 when every leak is caught and no healthy
-run is aborted.
+the median lead; then the misses and false aborts. Several seeds make one set. ``--json OUT`` writes
+one line per trace (family, kind, leak start, death, abort time, warnings, reason) for comparing two
+versions of the guard trace by trace. Exit 0 when every leak is caught and no healthy run is aborted.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import sys
@@ -41,13 +43,19 @@ def _median(values, fmt="{:.0f}"):
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--per-family", type=int, default=6, help="traces per family (6)")
-    parser.add_argument("--seed", type=int, default=101, help="seed of the set (101)")
+    parser.add_argument("--seed", default="101", help="seed of the set, or several, comma-separated (101)")
     parser.add_argument("--lead", type=float, default=60.0, help="seconds an abort must leave before death (60)")
     parser.add_argument("--families", default=",".join(FAMILIES), help="comma-separated families (all)")
     parser.add_argument("--jobs", type=int, default=1, help="processes (1)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override one guard setting (repeatable)")
+    parser.add_argument("--json", metavar="OUT", help="write one JSON line per trace to OUT")
     args = parser.parse_args(argv)
+    try:
+        seeds = [int(seed) for seed in str(args.seed).split(",") if seed.strip()]
+    except ValueError:
+        print(f"guard_families: --seed takes integers, comma-separated, not '{args.seed}'", file=sys.stderr)
+        return 2
     try:
         _settings_from(args.overrides)
     except ValueError as error:
@@ -58,13 +66,17 @@ def main(argv=None) -> int:
     if unknown:
         print(f"guard_families: unknown family '{unknown[0]}'; known: {', '.join(FAMILIES)}", file=sys.stderr)
         return 2
-    jobs = [(family, args.seed, i, args.overrides) for family in families for i in range(args.per_family)]
+    jobs = [(family, seed, i, args.overrides) for seed in seeds for family in families for i in range(args.per_family)]
     if args.jobs > 1:
         with ProcessPoolExecutor(args.jobs) as pool:
             results = list(pool.map(score_one, jobs))
     else:
         results = [score_one(job) for job in jobs]
-    print(f"seed {args.seed}, {args.per_family} per family, lead >= {args.lead:g} s")
+    if args.json:
+        with open(args.json, "w") as out:
+            for r in results:
+                out.write(json.dumps({k: v for k, v in r.items() if k != "assessment"}, default=str) + "\n")
+    print(f"seed {','.join(map(str, seeds))}, {args.per_family} per family and seed, lead >= {args.lead:g} s")
     print("| family | caught | false aborts | warnings per run | median delay from leak start (s) | median lead (s) |")
     print("|---|---|---|---|---|---|")
     problems, total_missed, total_false = [], 0, 0

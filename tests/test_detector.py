@@ -190,7 +190,7 @@ def test_time_going_backwards_restarts_the_detector():
 
 def test_settings_defaults_and_validation():
     s = GuardSettings()
-    assert s.mode == "abort" and s.horizon_s == 180 and s.long_horizon_s == 900 and s.warmup_s == 0
+    assert s.mode == "abort" and s.horizon_s == 180 and s.long_horizon_s == 300 and s.warmup_s == 0
     assert s.startup_s == 120 and s.fast_chunk_seconds == (5.0, 20.0)
     assert GuardSettings.from_mapping({"mode": "WARN", "horizon_s": "600", "chunk_seconds": [30, 120]}) == \
         GuardSettings(mode="warn", horizon_s=600.0, chunk_seconds=(30.0, 120.0))
@@ -226,9 +226,12 @@ def test_policy_actions_and_reason_name_the_pool():
     assert decision.reason.startswith("gpu1: memory grows 3.1 MiB/step (p<0.001)")
     assert "in 2.5 min (< 3 min horizon)" in decision.reason
     assert GuardPolicy(GuardSettings()).decide(_growing_assessment(570.0)).action == "warn"
-    long = _growing_assessment(570.0)
+    long = _growing_assessment(250.0)
     long.window_seconds = 4 * 3600  # growth sustained for hours: aborted on the long horizon
     assert GuardPolicy(GuardSettings()).decide(long).action == "abort"
+    longer = _growing_assessment(570.0)
+    longer.window_seconds = 4 * 3600
+    assert GuardPolicy(GuardSettings()).decide(longer).action == "warn"
     assert GuardPolicy(GuardSettings()).decide(_growing_assessment(1700.0)).action == "warn"
     assert GuardPolicy(GuardSettings()).decide(_growing_assessment(10 * 3600.0)).action == "ok"
 

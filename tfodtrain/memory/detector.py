@@ -44,17 +44,20 @@ import math
 import statistics
 from collections import deque
 from dataclasses import asdict, dataclass, field
-from typing import Deque, List, Optional, Sequence, Tuple
+from typing import Callable, Deque, List, Optional, Sequence, Tuple
 
 DEFAULT_CHUNK_SECONDS = (60.0, 240.0, 960.0)  # long windows: 24 min, 1.6 h, 6.4 h
 DEFAULT_FAST_CHUNK_SECONDS = (5.0, 20.0)  # fast windows: the last 6, 12 and 24 chunks of 5 s and of 20 s
 DEFAULT_WINDOW_CHUNKS = 24
 DEFAULT_STARTUP_S = 120.0  # the start-up discount ends when the floor stops rising, at the latest here
-SETTLING_S = 600.0  # after a start-up still rising at its cap: how long slowing growth may be taken for it
+SETTLING_S = 600.0  # how long into a run a rise that levels off below the limit may be taken for the start
+SETTLE_BIN_S = 5.0  # the first SETTLING_S of readings, averaged in bins of this many seconds, for that fit
+SETTLE_TAUS = tuple(10.0 * 1.25 ** k for k in range(18))  # time constants tried: 10 s to ~440 s
 SEGMENTS = 4  # the floor must rise from each quarter of a window to the next to be sustained
 NOISE_PEAK_Z = 3.0  # a fast window's peaks reach at least this many noise sigmas above its trend
 FAST_RISE_SIGMAS = 6.0  # a 6-chunk fast window's rise, in reading-noise sigmas, to count as a regime (less when longer)
 FAST_ALPHA = 0.01  # Mann-Kendall level of a fast window: its rise and confirmations carry the rest
+FAST_REACH_S = 10800.0  # a fast window fits only growth that would reach the limit within this (6 x warn horizon)
 FAST_CONFIRMATIONS = 3  # fits in a row (on successive chunks) in which a fast window must see growth,
 FAST_CONFIRM_S = 10.0  # or 2 fits this many seconds apart (sparse readings)
 
@@ -107,6 +110,7 @@ class _Chunk:
     max_used: int
     max_time: float
     count: int = 1
+    back: List[float] = field(default_factory=list, repr=False)  # fast windows: slopes from earlier chunks, nearest first
 
     @classmethod
     def start(cls, key: int, step: int, time_s: float, used: int) -> "_Chunk":
@@ -138,6 +142,7 @@ class _Trend:
     first_time: float = 0.0  # time of the window's first reading
     settle_s: float = math.inf  # fast: time constant of growth that slows down (inf: it does not)
     last_time: float = math.inf  # time of the last chunk's floor
+    fast: bool = False  # fitted by a fast window
 
     def floor_at(self, time_s: float) -> float:
         """The floor at ``time_s``: on the line up to the window's last chunk, then onwards at the
@@ -160,6 +165,8 @@ class _Window:
                  slope_z: float, fast: bool = False):
         self.chunk_seconds = float(chunk_seconds)
         self.chunks: Deque[_Chunk] = deque(maxlen=max_chunks)
+        self.ends: List[float] = []  # the chunks' last reading times and highest readings, in order (for
+        self.highs: List[int] = []  # TrendDetector._prior_max: a bisect and a C-level max, not a loop)
         self.open: Optional[_Chunk] = None
         self.min_chunks = min_chunks
         self.sustain_ratio = sustain_ratio
@@ -170,9 +177,12 @@ class _Window:
         self.trends: List[_Trend] = []  # fast: one fit per span of the latest chunks
         self.fits = 0  # fits made so far
         self.noise = 0.0  # fast: the reading noise (sigma), kept up to date by the detector
+        self.limit = 0  # fast: the pool's limit (bytes; 0: unknown), kept up to date by the detector
+        self.prior_max: Callable[[float], float] = lambda before: -math.inf  # fast: highest reading before a time
         self.judged_from = math.inf  # fast: when the start-up ended (set by the detector)
         self.streak, self.streak_fits = 0, 0  # fast: fits in a row that saw a new regime; the last one counted
         self.streak_since = 0.0  # fast: when the streak began
+        self.twin: Optional["_Window"] = None  # fast: a window whose fits ours equal when it holds the same readings
 
     @property
     def seconds(self) -> float:
@@ -185,26 +195,24 @@ class _Window:
         if self.open is not None and self.open.key == key:
             self.open.add(step, time_s, used)
             return
+        previous = self.open.last_time if self.open is not None else (self.chunks[-1].last_time if self.chunks else None)
         if self.open is not None:
             self._close(self.open)
         self.open = _Chunk.start(key, step, time_s, used)
+        if self.fast and previous is not None and time_s - previous >= self.chunk_seconds:
+            # Readings sparser than the chunks: this one is a chunk by itself (the next reading
+            # falls into another), so it is judged now rather than when the next one comes.
+            self._close(self.open)
+            self.open = None
 
     def _close(self, chunk: _Chunk) -> None:
         if self.fast:
-            # A new regime may have begun a few chunks ago or many: fit the latest min_chunks, twice
-            # and four times as many (up to the whole window), each on its own.
-            self.chunks.append(chunk)
-            chunks = list(self.chunks)
-            spans = {min(len(chunks), self.min_chunks * k) for k in (1, 2, 4)}
-            # and the readings since the start-up ended (spans reaching into it only show settling)
-            since = sum(1 for c in chunks if c.first_time >= self.judged_from)
-            spans = sorted(spans | ({since} if self.min_chunks <= since < len(chunks) else set()))
-            # Cheap gate first (most readings of most runs): a span whose last third does not lie
-            # above its first third by the noise cannot hold a new regime, so it is not fitted.
-            self.trends = [t for t in (fit_trend(chunks[-span:], self.min_chunks, self.sustain_ratio, self.slope_z,
-                                                 fast=True) for span in spans
-                                       if _rises(chunks[-span:], self.noise)) if t is not None]
+            self._keep(chunk)
             self.fits += 1
+            if self.twin is not None and self._same_chunks(self.twin):
+                self.trends = self.twin.trends  # readings sparser than both windows' chunks: the same fits
+                return
+            self.trends = self._fit_spans(list(self.chunks))
             return
         # Keep the pairwise slopes sorted as the window slides: O(n log n) per chunk instead of
         # recomputing all n² pairs.
@@ -215,20 +223,79 @@ class _Window:
                 _remove_sorted(self.slopes, _slope(oldest, other))
         for other in kept:
             bisect.insort(self.slopes, _slope(other, chunk))
-        self.chunks.append(chunk)  # deque(maxlen) drops the oldest: bounded window
+        self._keep(chunk)
         self.trend = fit_trend(list(self.chunks), self.min_chunks, self.sustain_ratio, self.slope_z, self.slopes)
         self.trends = [self.trend] if self.trend is not None else []
 
+    def _fit_spans(self, chunks: List[_Chunk]) -> List[_Trend]:
+        """A new regime may have begun a few chunks ago or many: fit the latest ``min_chunks``, twice
+        and four times as many (up to the whole window), and the chunks since the start-up ended
+        (spans reaching into it only show settling), each on its own.
 
-def _slows_down(trend: _Trend) -> bool:
-    """Growth that clearly slows down within the window: its time constant is at most three spans
-    (a straight line's is infinite, or, by noise, many spans)."""
-    return trend.settle_s <= 3.0 * max(trend.summary["span_s"], 1.0)
+        Cheap gates first (most readings of most runs): a span that does not rise by the noise at a
+        pace that could matter, or stays below ground already covered, is not fitted. Of the rest,
+        a span whose floors show no significant trend (Mann-Kendall) cannot hold a new regime and
+        is not fitted either, except the one the settling check reads: the longest since the
+        start-up (the shortest, while none starts after it).
+        """
+        spans = {min(len(chunks), self.min_chunks * k) for k in (1, 2, 4)}
+        since = sum(1 for c in chunks if c.first_time >= self.judged_from)
+        spans = sorted(span for span in spans | ({since} if since < len(chunks) else set())
+                       if span >= self.min_chunks and _rises(chunks[-span:], self.noise, self.limit)
+                       and self._reaches_new_territory(chunks[-span:]))
+        judged = [span for span in spans if chunks[-span].first_time >= self.judged_from]
+        settles = judged[-1] if judged else (spans[0] if spans else None)
+        trends = []
+        for span in spans:
+            part = chunks[-span:]
+            slopes = _kept_slopes(part)
+            if span != settles and mann_kendall_p([c.min_used for c in part], slopes) > FAST_ALPHA:
+                continue
+            trends.append(fit_trend(part, self.min_chunks, self.sustain_ratio, self.slope_z, slopes, fast=True))
+        return trends
+
+    def _keep(self, chunk: _Chunk) -> None:
+        if len(self.chunks) == self.chunks.maxlen:
+            del self.ends[0], self.highs[0]
+        self.chunks.append(chunk)  # deque(maxlen) drops the oldest: bounded window
+        self.ends.append(chunk.last_time)
+        self.highs.append(chunk.max_used)
+
+    def high_before(self, before: float) -> float:
+        """The highest reading of the chunks that ended before ``before`` (-inf: none)."""
+        return max(self.highs[:bisect.bisect_left(self.ends, before)], default=-math.inf)
+
+    def _reaches_new_territory(self, chunks: Sequence[_Chunk]) -> bool:
+        """Cheap gate before a fast fit: growth counts only in new territory (see
+        ``TrendDetector._new_territory``), so the span's last readings must come near the highest
+        reading before it (a sawtooth's ramp inside ground already covered is not fitted)."""
+        recent = max(c.max_used for c in chunks[-max(1, len(chunks) // 3):])
+        return recent > self.prior_max(chunks[0].first_time) - 5.0 * self.noise
+
+    def _same_chunks(self, other: "_Window") -> bool:
+        """Both windows hold the same readings grouped alike (the same first and last reading per
+        chunk), so their fits are the same."""
+        if len(other.chunks) != len(self.chunks) or other.chunks[0].first_time != self.chunks[0].first_time \
+                or other.chunks[-1].first_time != self.chunks[-1].first_time:
+            return False
+        return other.judged_from == self.judged_from and all(
+            a.first_time == b.first_time and a.last_time == b.last_time for a, b in zip(other.chunks, self.chunks))
 
 
-def _rises(chunks: Sequence[_Chunk], noise: float) -> bool:
+def _rises(chunks: Sequence[_Chunk], noise: float, limit: int = 0) -> bool:
+    """Cheap gate before a fast fit: the span's last third lies above its first third by the noise,
+    at a pace that would reach the limit within ``FAST_REACH_S`` (slower growth is the long
+    windows' to judge; a fast window's projection could not come near the guard's horizons)."""
     third = max(1, len(chunks) // 3)
-    return _median([c.min_used for c in chunks[-third:]]) - _median([c.min_used for c in chunks[:third]]) >= noise
+    rise = _median([c.min_used for c in chunks[-third:]]) - _median([c.min_used for c in chunks[:third]])
+    if rise < noise:
+        return False
+    if limit <= 0:
+        return True
+    # chunk times increase: their medians need no sort
+    elapsed = _median_sorted([c.min_time for c in chunks[-third:]]) - _median_sorted([c.min_time for c in chunks[:third]])
+    left = limit - chunks[-1].min_used
+    return elapsed <= 0 or left <= 0 or left / (rise / elapsed) <= FAST_REACH_S
 
 
 def _slope(earlier: _Chunk, later: _Chunk) -> float:
@@ -245,7 +312,8 @@ def fit_trend(chunks: Sequence[_Chunk], min_chunks: int, sustain_ratio: float, s
               slopes: Optional[List[float]] = None, fast: bool = False) -> Optional[_Trend]:
     """Theil-Sen line and Mann-Kendall test on the chunk floors; ``None`` below ``min_chunks``.
 
-    ``slopes``: the sorted pairwise slopes of the floors, if kept up to date by the caller.
+    ``slopes``: the sorted pairwise slopes of the floors, if kept up to date by the caller (a fast
+    window's chunks carry their own, see ``_kept_slopes``).
     ``fast``: a fast window's headroom is its noise peaks (at least ``NOISE_PEAK_Z`` sigmas of the
     floors around the line), without the stair term of the long windows.
     """
@@ -255,7 +323,8 @@ def fit_trend(chunks: Sequence[_Chunk], min_chunks: int, sustain_ratio: float, s
     xs = [c.min_time for c in chunks]
     ys = [float(c.min_used) for c in chunks]
     if slopes is None:
-        slopes = pairwise_slopes(xs, ys)  # chunk times increase, so every pair counts
+        # chunk times increase, so every pair counts
+        slopes = _kept_slopes(chunks) if fast else pairwise_slopes(xs, ys)
     slope, slope_low = theil_sen_slope(xs, ys, slope_z, slopes)
     residuals = [y - slope * x for x, y in zip(xs, ys)]
     intercept = _median(residuals)
@@ -264,7 +333,14 @@ def fit_trend(chunks: Sequence[_Chunk], min_chunks: int, sustain_ratio: float, s
     sustained = min(rises) > 0 and min(rises) >= sustain_ratio * max(rises)
     if fast and sustained:
         sustained = _grows_without_its_largest_jump(xs, ys, slope)
-    peaks = max(c.max_used - (intercept + slope * c.max_time) for c in chunks)
+    if fast:
+        peaks = max(c.max_used - (intercept + slope * c.max_time) for c in chunks)
+    else:
+        # How far readings reach above the floor around them (the median floor of a chunk and its
+        # neighbours, carried along the slope), not above the window's line: a line that lags a
+        # change of pace (a cache starting to fill) would count the lag as peaks.
+        peaks = max(c.max_used - (_median([ys[j] + slope * (c.max_time - xs[j]) for j in range(max(0, i - 1), min(n, i + 2))]))
+                    for i, c in enumerate(chunks))
     # Scatter of the floors around the line (MAD): the noise a fast window's projection must clear.
     sigma = 1.4826 * _median([abs(r - intercept) for r in residuals])
     if fast:
@@ -282,13 +358,19 @@ def fit_trend(chunks: Sequence[_Chunk], min_chunks: int, sustain_ratio: float, s
     # Growth that slows down (a cache filling up, fragmentation levelling off, the allocator's
     # start) is projected at the pace of the window's recent half, when that is slower.
     half = n // 2
-    recent_slope = theil_sen_slope(xs[half:], ys[half:], slope_z)[0] if n - half >= 3 else slope
+    recent_slope = theil_sen_slope(xs[half:], ys[half:], slope_z, _kept_slopes(chunks[half:]) if fast else None)[0] \
+        if n - half >= 3 else slope
     # A fast window whose growth slows down (an allocator filling its working set, a cache nearly
     # full) approaches a level: its time constant, from the slopes of its two halves.
+    # Only a significant slow-down counts (the recent half's slope lies above the early half's
+    # nowhere in their confidence bands): a sawtooth's phases tilt the halves of a leak's span by
+    # chance, and a leak taken for settling is projected never to arrive.
     settle_s = math.inf
-    if fast and half >= 3:
-        early = theil_sen_slope(xs[:half], ys[:half], slope_z)[0]
-        if 0 < recent_slope < early:
+    if fast and half >= 3 and recent_slope > 0:
+        recent_slopes = _kept_slopes(chunks[half:])
+        early_slopes = _kept_slopes(chunks[:half])
+        early = _median_sorted(early_slopes)
+        if 0 < recent_slope < early and _band(recent_slopes, n - half, slope_z)[1] < _band(early_slopes, half, slope_z)[0]:
             settle_s = (_median(xs[half:]) - _median(xs[:half])) / math.log(early / recent_slope)
             # the recent half's slope holds at its middle; by its end it has slowed down further
             recent_slope *= math.exp(-(xs[-1] - _median(xs[half:])) / settle_s)
@@ -308,7 +390,21 @@ def fit_trend(chunks: Sequence[_Chunk], min_chunks: int, sustain_ratio: float, s
                   headroom=max(0.0, peaks) + max(0.0, stair),
                   seconds_per_step=seconds / steps if steps > 0 else 0.0, summary=summary,
                   recent_slope=recent_slope, sigma=sigma, first_time=chunks[0].first_time, settle_s=settle_s,
-                  last_time=last_time)
+                  last_time=last_time, fast=fast)
+
+
+def _kept_slopes(chunks: Sequence[_Chunk]) -> List[float]:
+    """The sorted pairwise slopes of consecutive chunks. Each chunk keeps the slopes from the chunks
+    before it, nearest first, computed once when a fit first needs them (a chunk's predecessors
+    stay the same while it is in the window), so the fits of successive chunks share them."""
+    slopes: List[float] = []
+    for j, chunk in enumerate(chunks[1:], 1):
+        have = len(chunk.back)
+        if have < j:
+            chunk.back.extend(_slope(other, chunk) for other in reversed(chunks[:j - have]))
+        slopes.extend(chunk.back[:j])
+    slopes.sort()
+    return slopes
 
 
 def _grows_without_its_largest_jump(xs: Sequence[float], ys: Sequence[float], slope: float) -> bool:
@@ -350,6 +446,14 @@ def theil_sen_slope(xs: Sequence[float], ys: Sequence[float], z: float = 2.326,
     return _median_sorted(slopes), slopes[max(0, min(len(slopes) - 1, low_index))]
 
 
+def _band(slopes: Sequence[float], n: int, z: float) -> Tuple[float, float]:
+    """Sen's confidence band of the Theil-Sen slope of ``n`` points from their sorted pairwise
+    ``slopes``: ``z`` standard errors of the Kendall statistic either side of the median."""
+    spread = z * math.sqrt(n * (n - 1) * (2 * n + 5) / 18.0)
+    low_index = max(0, min(len(slopes) - 1, int((len(slopes) - spread) / 2)))
+    return slopes[low_index], slopes[len(slopes) - 1 - low_index]
+
+
 def mann_kendall_p(ys: Sequence[float], slopes: Optional[List[float]] = None) -> float:
     """One-sided p-value of the Mann-Kendall test for an increasing trend (normal approximation).
 
@@ -365,10 +469,12 @@ def mann_kendall_p(ys: Sequence[float], slopes: Optional[List[float]] = None) ->
         slopes = pairwise_slopes(range(n), ys)
     s = len(slopes) - bisect.bisect_right(slopes, 0.0) - bisect.bisect_left(slopes, 0.0)
     # Tie correction: equal values (readings in whole MiB on a flat plateau) lower the variance.
-    counts: dict = {}
-    for y in ys:
-        counts[y] = counts.get(y, 0) + 1
-    ties = sum(t * (t - 1) * (2 * t + 5) for t in counts.values() if t > 1)
+    ties = 0
+    if len(set(ys)) < n:
+        counts: dict = {}
+        for y in ys:
+            counts[y] = counts.get(y, 0) + 1
+        ties = sum(t * (t - 1) * (2 * t + 5) for t in counts.values() if t > 1)
     variance = (n * (n - 1) * (2 * n + 5) - ties) / 18.0
     if s <= 0 or variance <= 0:
         return 1.0
@@ -428,14 +534,21 @@ class TrendDetector:
         self.windows: List[_Window] = [
             _Window(seconds, 4 * min_chunks if fast else self._window_chunks, min_chunks, *self._window_args, fast=fast)
             for seconds, min_chunks, fast in self._window_specs]
+        fast = [w for w in self.windows if w.fast]
+        for earlier, later in zip(fast, fast[1:]):
+            later.twin = earlier
+        for window in fast:
+            window.prior_max = self._prior_max
         self.readings = 0  # readings after the start-up
         self._first: Optional[Tuple[int, float]] = None  # (step, time) of the first reading
         self._last: Optional[Tuple[int, float]] = None
         self._startup: Optional[List[int]] = []  # readings of the start-up; None once it is over
         self._startup_end: Optional[float] = None
-        self._startup_capped = False  # the start-up ended at its cap, the floor still rising
+        self._early: List[List[float]] = []  # bins of the first SETTLING_S: [key, sum of times, sum of used, count]
+        self._saturation: Tuple[int, bool] = (-1, False)  # (bins when judged, whether they level off below the limit)
         self._differences: Deque[int] = deque(maxlen=64)  # reading-to-reading changes (the noise)
         self._previous_used: Optional[int] = None
+        self._noise_at: Tuple[Optional[Tuple[int, int]], float] = (None, 0.0)  # (readings, limit) -> noise
 
     def update(self, step: int, time_s: float, used_bytes: int, limit_bytes: int) -> Assessment:
         """Add one reading and assess the pool from everything seen so far."""
@@ -449,6 +562,11 @@ class TrendDetector:
         if time_s - self._first[1] < self.warmup_s or step - self._first[0] < self.warmup_steps:
             base.note = "warming up"
             return base
+        if time_s - self._first[1] < SETTLING_S:
+            key = int((time_s - self._first[1]) // SETTLE_BIN_S)
+            if not self._early or self._early[-1][0] != key:
+                self._early.append([key, 0.0, 0.0, 0])
+            self._early[-1][1:] = [self._early[-1][1] + time_s, self._early[-1][2] + used_bytes, self._early[-1][3] + 1]
         if self._in_startup(time_s, used_bytes, limit_bytes):
             # The fast windows keep the start-up as context (so that growth settling after it
             # shows as such); nothing is judged on it.
@@ -464,7 +582,7 @@ class TrendDetector:
         if self.readings % 8 == 1:
             noise = self._reading_noise(limit_bytes)
             for window in self.windows:
-                window.noise = noise
+                window.noise, window.limit = noise, limit_bytes
         for window in self.windows:
             window.add(step, time_s, used_bytes)
         if self.readings < self.min_readings:
@@ -481,7 +599,8 @@ class TrendDetector:
     def _in_startup(self, time_s: float, used: int, limit: int) -> bool:
         """The start-up discount, on evidence in the readings alone: it ends when the last quarter
         of its readings (at least 3) sets no new high above the earlier ones by more than 0.5% of
-        the limit, or after ``startup_s``."""
+        the limit and the last half (at least 8) shows no significant rise (Mann-Kendall, p > 0.05:
+        noisy readings may miss a new high on a ramp), or after ``startup_s``."""
         if self._startup is None:
             return False
         self._startup.append(used)
@@ -489,9 +608,9 @@ class TrendDetector:
         over = time_s >= self._startup_cap()
         if not over and len(readings) >= 8:
             recent = max(3, len(readings) // 4)
-            over = max(readings[-recent:]) <= max(readings[:-recent]) + 0.005 * max(limit, 0)
+            over = max(readings[-recent:]) <= max(readings[:-recent]) + 0.005 * max(limit, 0) \
+                and mann_kendall_p(readings[-max(8, len(readings) // 2):]) > 0.05
         if over:
-            self._startup_capped = time_s >= self._startup_cap()
             self._startup = None
             self._startup_end = time_s
             for window in self.windows:
@@ -503,11 +622,11 @@ class TrendDetector:
         # Rank the windows cheaply first; build the full assessment only for the one that speaks.
         best, best_key = None, None
         noise = None
-        # A start-up still rising at its cap that now slows down is the allocator settling: while
-        # it slows down, in the run's first SETTLING_S, the fast windows do not speak (the long
-        # windows still do). A start-up that levelled off before its cap gets no such allowance.
-        settling_start = self._startup_capped and base.time_s - self._first[1] < SETTLING_S and any(
-            _slows_down(self._longest_since_startup(w)) for w in self.windows if w.fast and w.trends)
+        # In the run's first SETTLING_S, a rise that levels off below the limit is the start (the
+        # allocator filling its working set, the first evaluation): the fast windows do not speak
+        # while the readings since the first follow such a curve (the long windows still do).
+        settling_start = base.time_s - self._first[1] < SETTLING_S and any(w.fast and w.trends for w in self.windows) \
+            and self._levels_off(base.limit_bytes, self._reading_noise(base.limit_bytes))
         for window in self.windows:
             if window.fast and window.trends:
                 noise = noise if noise is not None else self._reading_noise(base.limit_bytes)
@@ -542,20 +661,80 @@ class TrendDetector:
         headroom = self._headroom(*best, noise if noise is not None else self._reading_noise(base.limit_bytes))
         return self._assessment(base, *best, growing=not best_key[0], seconds=best_key[1], headroom=headroom)
 
+    def _levels_off(self, limit: int, noise: float) -> bool:
+        """The readings since the first (in bins of SETTLE_BIN_S) follow a rise that levels off,
+        ``level - A * exp(-t / tau)``, to a level that stays below the limit by two noise sigmas,
+        and the latest bins keep to that curve (a leak that begins on top of it climbs away).
+        Least squares over a grid of time constants; judged again when a bin closes."""
+        bins = self._early[:-1]  # closed bins
+        if self._saturation[0] == len(bins):
+            return self._saturation[1]
+        verdict = len(bins) >= 8 and self._fit_levels_off(bins, limit, noise)
+        self._saturation = (len(bins), verdict)
+        return verdict
+
     @staticmethod
-    def _longest_since_startup(window: _Window) -> _Trend:
-        """The window's longest fit that starts after the start-up (its shortest if none does yet)."""
-        judged = [t for t in window.trends if t.first_time >= window.judged_from]
-        return judged[-1] if judged else window.trends[0]
+    def _fit_levels_off(bins: Sequence[Sequence[float]], limit: int, noise: float) -> bool:
+        """The fit of ``_levels_off``; tried again with the largest jump between bins taken out
+        (an evaluation spike, or a one-time step, on top of the rise)."""
+        ts = [b[1] / b[3] for b in bins]
+        ys = [b[2] / b[3] for b in bins]
+        if TrendDetector._curve_levels_off(ts, ys, limit, noise):
+            return True
+        for width in (1, 2):  # a jump's edge may fall inside a bin: then it spans two
+            at = max(range(len(ys) - width), key=lambda i: ys[i + width] - ys[i])
+            jump = ys[at + width] - ys[at]
+            if jump > 0 and TrendDetector._curve_levels_off(
+                    ts[:at + 1] + ts[at + width:], ys[:at + 1] + [y - jump for y in ys[at + width:]], limit - jump, noise):
+                return True
+        return False
+
+    @staticmethod
+    def _curve_levels_off(ts: Sequence[float], ys: Sequence[float], limit: float, noise: float) -> bool:
+        """Whether any time constant that fits about as well as the best one (its squared error
+        within four residual variances of the best's: noisy readings leave the bend uncertain)
+        gives a rise that bends over to a level two noise sigmas below ``limit``, with the latest
+        bins on the curve."""
+        n, t0 = len(ts), ts[0]
+        fits = []
+        for tau in SETTLE_TAUS:
+            xs = [math.exp(-(t - t0) / tau) for t in ts]
+            sx, sy = sum(xs), sum(ys)
+            sxx, sxy = sum(x * x for x in xs), sum(x * y for x, y in zip(xs, ys))
+            den = n * sxx - sx * sx
+            if den <= 0:
+                continue
+            b = (n * sxy - sx * sy) / den
+            a = (sy - b * sx) / n
+            residuals = [y - a - b * x for x, y in zip(xs, ys)]
+            fits.append((sum(r * r for r in residuals), tau, a, b, residuals))
+        if not fits:
+            return False
+        best = min(fit[0] for fit in fits)
+        tolerance = best + 1.0 * best / max(1, n - 3)
+        for sse, tau, level, b, residuals in fits:
+            if sse > tolerance or b >= 0 or tau >= SETTLE_TAUS[-1]:
+                continue  # fits worse, no rise, or one that does not bend over within the grid
+            if level + 2.0 * noise >= limit:  # readings around that level would reach the limit
+                continue
+            # a sawtooth's phase moves bin averages by up to half its height: allow 1% of the limit
+            if _median(residuals[-max(3, n // 4):]) <= max(noise, 0.01 * limit):
+                return True
+        return False
 
     def _reading_noise(self, limit: int) -> float:
         """Sigma of the reading noise, from the spread of recent reading-to-reading changes (MAD:
         a leak's steady growth and rare jumps do not move it); at least 0.2% of the limit."""
+        key = (self.readings, limit)
+        if self._noise_at[0] == key:
+            return self._noise_at[1]
         floor = 0.002 * max(limit, 0)
-        if len(self._differences) < 4:
-            return floor
-        center = _median(self._differences)
-        return max(floor, 1.4826 * _median([abs(d - center) for d in self._differences]) / math.sqrt(2.0))
+        noise = floor
+        if len(self._differences) >= 4:
+            center = _median(self._differences)
+            noise = max(floor, 1.4826 * _median([abs(d - center) for d in self._differences]) / math.sqrt(2.0))
+        self._noise_at = (key, noise)
+        return noise
 
     def _fast_regime(self, trend: _Trend, base: Assessment, noise: float) -> bool:
         """A fast window sees a new linear regime: a significant, sustained rise of at least
@@ -574,11 +753,11 @@ class TrendDetector:
         """A fast window's growth counts only where memory goes higher than it went before the
         window began (by more than twice the noise): a sawtooth's ramp, or a climb back after a
         dip, stays within ground already covered."""
-        before = trend.first_time
-        prior = [c.max_used for w in self.windows for c in w.chunks if c.last_time < before]
-        if not prior:
-            return True
-        return trend.floor_at(time_s) > max(prior) - 2.0 * noise
+        return trend.floor_at(time_s) > self._prior_max(trend.first_time) - 2.0 * noise
+
+    def _prior_max(self, before: float) -> float:
+        """The highest reading in the windows' chunks that ended before ``before`` (-inf: none)."""
+        return max(w.high_before(before) for w in self.windows)
 
     @staticmethod
     def _still_on_track(trend: _Trend, base: Assessment, noise: float) -> bool:
@@ -602,6 +781,10 @@ class TrendDetector:
         if base.limit_bytes <= 0:  # no known limit: nothing to project to
             return math.inf
         slope = min(trend.slope_low_per_s, trend.recent_slope)
+        if not trend.fast and trend.recent_slope > trend.slope_per_s:
+            # A long window whose recent half rises faster (an accelerating leak) is projected at
+            # its fitted pace: its lower bound, fitted over hours, lags far behind.
+            slope = trend.slope_per_s
         if slope <= 0:
             return math.inf
         left = base.limit_bytes - (trend.floor_at(base.time_s) + headroom)

@@ -73,10 +73,10 @@ class GuardSettings:
     """Abort when memory is projected to reach the limit within this many seconds. It covers the
     minute a user needs, an abort checkpoint's save, and the start of the next reading; the
     insurance checkpoint of the first warning lets it wait this close to the limit."""
-    long_horizon_s: float = 900.0
-    """The abort horizon for growth sustained over a window of an hour or more: a cache or a
-    one-time fill cannot rise steadily that long, and a slow leak's peaks (spikes, outliers) are
-    best left well clear of the limit."""
+    long_horizon_s: float = 300.0
+    """The abort horizon for growth sustained over a window of an hour or more: a slow leak's peaks
+    (spikes, outliers) are best left further clear of the limit, and an accelerating leak outruns a
+    line fitted over hours. Longer horizons abort healthy caches that fill for half an hour and stop."""
     warn_horizon_s: float = 1800.0
     """Warn when memory is projected to reach the limit within this many seconds (in training, the
     first warning of a pool also saves an insurance checkpoint)."""
