@@ -52,7 +52,7 @@ DEFAULT_WINDOW_CHUNKS = 24
 DEFAULT_STARTUP_S = 120.0  # the start-up discount ends when the floor stops rising, at the latest here
 SETTLING_S = 600.0  # how long into a run a rise that levels off below the limit may be taken for the start
 SETTLE_BIN_S = 5.0  # the first SETTLING_S of readings, averaged in bins of this many seconds, for that fit
-SETTLE_TAUS = tuple(10.0 * 1.25 ** k for k in range(18))  # time constants tried: 10 s to ~440 s
+SETTLE_TAUS = tuple(10.0 * 1.25 ** k for k in range(13))  # time constants tried: 10 s to ~2.4 min (the last one: no bend)
 SEGMENTS = 4  # the floor must rise from each quarter of a window to the next to be sustained
 NOISE_PEAK_Z = 3.0  # a fast window's peaks reach at least this many noise sigmas above its trend
 FAST_RISE_SIGMAS = 6.0  # a 6-chunk fast window's rise, in reading-noise sigmas, to count as a regime (less when longer)
@@ -663,7 +663,8 @@ class TrendDetector:
 
     def _levels_off(self, limit: int, noise: float) -> bool:
         """The readings since the first (in bins of SETTLE_BIN_S) follow a rise that levels off,
-        ``level - A * exp(-t / tau)``, to a level that stays below the limit by two noise sigmas,
+        ``level - A * exp(-t / tau)`` with tau up to about two minutes, to a level that stays below
+        the limit by two noise sigmas,
         and the latest bins keep to that curve (a leak that begins on top of it climbs away).
         Least squares over a grid of time constants; judged again when a bin closes."""
         bins = self._early[:-1]  # closed bins
@@ -691,12 +692,11 @@ class TrendDetector:
 
     @staticmethod
     def _curve_levels_off(ts: Sequence[float], ys: Sequence[float], limit: float, noise: float) -> bool:
-        """Whether any time constant that fits about as well as the best one (its squared error
-        within four residual variances of the best's: noisy readings leave the bend uncertain)
-        gives a rise that bends over to a level two noise sigmas below ``limit``, with the latest
-        bins on the curve."""
+        """Whether the best fit bends over within the time constants tried (an allocator's or a first
+        evaluation's rise, not a leak's line) to a level two noise sigmas below ``limit``, with the
+        latest bins on the curve."""
         n, t0 = len(ts), ts[0]
-        fits = []
+        best = None
         for tau in SETTLE_TAUS:
             xs = [math.exp(-(t - t0) / tau) for t in ts]
             sx, sy = sum(xs), sum(ys)
@@ -707,20 +707,18 @@ class TrendDetector:
             b = (n * sxy - sx * sy) / den
             a = (sy - b * sx) / n
             residuals = [y - a - b * x for x, y in zip(xs, ys)]
-            fits.append((sum(r * r for r in residuals), tau, a, b, residuals))
-        if not fits:
+            sse = sum(r * r for r in residuals)
+            if best is None or sse < best[0]:
+                best = (sse, tau, a, b, residuals)
+        if best is None:
             return False
-        best = min(fit[0] for fit in fits)
-        tolerance = best + 1.0 * best / max(1, n - 3)
-        for sse, tau, level, b, residuals in fits:
-            if sse > tolerance or b >= 0 or tau >= SETTLE_TAUS[-1]:
-                continue  # fits worse, no rise, or one that does not bend over within the grid
-            if level + 2.0 * noise >= limit:  # readings around that level would reach the limit
-                continue
-            # a sawtooth's phase moves bin averages by up to half its height: allow 1% of the limit
-            if _median(residuals[-max(3, n // 4):]) <= max(noise, 0.01 * limit):
-                return True
-        return False
+        _, tau, level, b, residuals = best
+        if b >= 0 or tau >= SETTLE_TAUS[-1]:
+            return False  # no rise, or one that does not bend over within the grid: not levelling off
+        if level + 2.0 * noise >= limit:  # readings around that level would reach the limit
+            return False
+        # a sawtooth's phase moves bin averages by up to half its height: allow 1% of the limit
+        return _median(residuals[-max(3, n // 4):]) <= max(noise, 0.01 * limit)
 
     def _reading_noise(self, limit: int) -> float:
         """Sigma of the reading noise, from the spread of recent reading-to-reading changes (MAD:
