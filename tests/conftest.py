@@ -1,5 +1,6 @@
 """Fixtures: the shapes-data cache, one trained smoke run per session, a TensorBoard server over it, and the
-leaking leak_demo runs (helpers/leak_runs.py), started side by side and shared.
+long runs of helpers/shared_runs.py (leak_demo's leaks, the supervised smoke run), started side by side when
+the session starts and shared.
 
 Helpers the tests import live in tests/helpers/ (`from helpers.cli import run_cli`). Every test that
 trains is marked `slow`; a test that asks for a training fixture without the mark stops collection.
@@ -8,15 +9,16 @@ trains is marked `slow`; a test that asks for a training fixture without the mar
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
 
 from helpers.background import Background
 from helpers.cli import run_cli
-from helpers.leak_runs import LEAK_RUNS
+from helpers.shared_runs import RESUMES, RUNS
 
-TRAINING_FIXTURES = ("smoke_run", "tensorboard_url", "leak_runs", *LEAK_RUNS)
+TRAINING_FIXTURES = ("smoke_run", "tensorboard_url", *RUNS, *RESUMES)
 
 
 def pytest_collection_modifyitems(config, items):
@@ -60,40 +62,75 @@ def tensorboard_url(smoke_run) -> str:
         yield url
 
 
-@pytest.fixture(scope="session")
-def leak_runs(request, tmp_path_factory, data_cache):
-    """Starts at once every leak_demo run of LEAK_RUNS that the selected tests ask for; they run side by side
-    (mostly waiting on their leak's pace) while the first test waits for its own. (run dirs, Background)."""
-    wanted = sorted({name for item in request.session.items for name in getattr(item, "fixturenames", ())
-                     if name in LEAK_RUNS})
+@pytest.fixture(scope="session", autouse=True)
+def shared_runs(request, tmp_path_factory):
+    """Starts, when the session starts, every run of helpers/shared_runs.py that a selected test asks for (none
+    under -m "not slow"); they run side by side, mostly waiting on a leak's pace, while the session goes on.
+    Yields (run dirs, Background)."""
+    asked = {name for item in request.session.items for name in getattr(item, "fixturenames", ())}
+    resumes = sorted(asked & set(RESUMES))
+    wanted = sorted((asked & set(RUNS)) | {RESUMES[name][0] for name in resumes})
     runs, run_dirs = Background(), {}
+    if wanted:
+        request.getfixturevalue("data_cache")  # the runs' shapes data cache (TFODTRAIN_CACHE)
     for name in wanted:
         run_dirs[name] = tmp_path_factory.mktemp(name) / "run"
-        runs.start_cli(name, LEAK_RUNS[name](), run_dirs[name], timeout=900)
+        runs.start_cli(name, RUNS[name](), run_dirs[name], timeout=1200)
+    for name in resumes:
+        first, make_args = RESUMES[name]
+        run_dirs[name] = tmp_path_factory.mktemp(name) / "run"
+        runs.then(name, after=first, timeout=600, make_args=lambda first=first, name=name, make_args=make_args: [
+            sys.executable, "-m", "tfodtrain", *make_args(run_dirs[first], run_dirs[name]),
+            f"hydra.run.dir={run_dirs[name]}"])
     yield run_dirs, runs
     runs.stop()
 
 
-def _leak_run(leak_runs, name: str):
-    run_dirs, runs = leak_runs
+def _shared_run(shared_runs, name: str):
+    run_dirs, runs = shared_runs
     result = runs.result(name)
     (run_dirs[name].parent / "console.txt").write_text(result.stdout + result.stderr)
     return run_dirs[name], result
 
 
 @pytest.fixture(scope="session")
-def leak_demo_aborted(leak_runs):
+def leak_demo_aborted(shared_runs):
     """(run dir, CompletedProcess) of `+experiment=leak_demo` as the product runs it (shared: read-only!)."""
-    return _leak_run(leak_runs, "leak_demo_aborted")
+    return _shared_run(shared_runs, "leak_demo_aborted")
 
 
 @pytest.fixture(scope="session")
-def leak_demo_unguarded(leak_runs):
+def leak_demo_unguarded(shared_runs):
     """(run dir, CompletedProcess) of leak_demo with guard=off: the OOM-killer stand-in's kill."""
-    return _leak_run(leak_runs, "leak_demo_unguarded")
+    return _shared_run(shared_runs, "leak_demo_unguarded")
 
 
 @pytest.fixture(scope="session")
-def leak_demo_warned(leak_runs):
-    """(run dir, CompletedProcess) of leak_demo with guard=warn, killed after its warning (one test resumes it)."""
-    return _leak_run(leak_runs, "leak_demo_warned")
+def leak_demo_warned(shared_runs):
+    """(run dir, CompletedProcess) of leak_demo with guard=warn, killed after its warning."""
+    return _shared_run(shared_runs, "leak_demo_warned")
+
+
+@pytest.fixture(scope="session")
+def leak_demo_aborted_resumed(shared_runs):
+    """(run dir, CompletedProcess) of a copy of leak_demo_aborted resumed with the leak off, 6 steps past the abort."""
+    return _shared_run(shared_runs, "leak_demo_aborted_resumed")
+
+
+@pytest.fixture(scope="session")
+def leak_demo_warned_resumed(shared_runs):
+    """(run dir, CompletedProcess) of a copy of leak_demo_warned resumed with the leak off, 6 steps past its
+    latest checkpoint."""
+    return _shared_run(shared_runs, "leak_demo_warned_resumed")
+
+
+@pytest.fixture(scope="session")
+def leak_named(shared_runs):
+    """(run dir, CompletedProcess) of smoke with leak_demo's leak and FAST_GUARD: warnings, then exit 75."""
+    return _shared_run(shared_runs, "leak_named")
+
+
+@pytest.fixture(scope="session")
+def supervised_smoke(shared_runs):
+    """(run dir, CompletedProcess) of the smoke run under the supervisor, crashing as SUPERVISED_PLAN says."""
+    return _shared_run(shared_runs, "supervised_smoke")

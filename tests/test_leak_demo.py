@@ -1,20 +1,17 @@
 """The seed's leak in a real training run: the guard checkpoints and exits 75 before the OOM kill.
 
 The kill itself is real (`memory.kill_over_budget`: SIGKILL when RSS passes the budget, as the kernel's
-OOM killer would); nothing here is mocked. The runs are conftest's shared leak_demo runs (helpers/leak_runs.py):
-`leak_demo_aborted` is the product's leak_demo without any override; test_leak_naming reads the same abort.
+OOM killer would); nothing here is mocked. The runs are conftest's shared leak_demo runs (helpers/shared_runs.py):
+`leak_demo_aborted` is the product's leak_demo without any override.
 """
 
 from __future__ import annotations
 
 import json
-import shutil
 import signal
 
 import pytest
 
-from helpers.cli import run_cli
-from helpers.leak_runs import NO_PREFLIGHT
 from tfodtrain import exit_codes
 
 pytestmark = pytest.mark.slow
@@ -34,16 +31,14 @@ def test_guard_aborts_with_a_report_and_a_checkpoint(leak_demo_aborted):
     assert "memory budget exceeded" not in result.stderr  # it stopped before the kill
 
 
-def test_resume_with_the_leak_off_finishes(leak_demo_aborted, tmp_path):
-    run_dir = tmp_path / "run"
-    shutil.copytree(leak_demo_aborted[0], run_dir)
-    step = json.loads((run_dir / "abort_report.json").read_text())["step"]
-    steps = step + 6  # a few steps past the abort checkpoint: the resume is what is checked, not the rest of the 2000
-    result = run_cli(["+experiment=leak_demo", "leak_demo.leak=false", f"trainer.steps={steps}", NO_PREFLIGHT],
-                     run_dir=run_dir)
+def test_resume_with_the_leak_off_finishes(leak_demo_aborted, leak_demo_aborted_resumed):
+    """A copy of the aborted run dir, resumed with the leak off a few steps past the abort checkpoint
+    (helpers/shared_runs.py: resume_aborted): the restore is what is checked, not the rest of the 2000 steps."""
+    step = json.loads((leak_demo_aborted[0] / "abort_report.json").read_text())["step"]
+    run_dir, result = leak_demo_aborted_resumed
     assert result.returncode == 0, result.stderr[-3000:]
-    assert f"at step {step} of {steps}" in result.stdout + result.stderr  # restored the abort checkpoint
-    assert json.loads((run_dir / "metrics.json").read_text())["steps"] == steps
+    assert f"at step {step} of {step + 6}" in result.stdout + result.stderr  # restored the abort checkpoint
+    assert json.loads((run_dir / "metrics.json").read_text())["steps"] == step + 6
 
 
 def test_without_the_guard_the_oom_killer_ends_it(leak_demo_unguarded):

@@ -235,13 +235,10 @@ def test_a_signal_before_training_starts_exits_cleanly(tmp_path, signum, code, d
 
 
 @pytest.mark.slow
-def test_supervised_smoke_restarts_after_abort_sigkill_and_segfault_then_stops_on_sigterm(tmp_path, data_cache):
-    """4 trainer processes: guard-style abort (75) at step 1, SIGKILL at 2, SIGSEGV at 3, SIGTERM at 4."""
-    run_dir = tmp_path / "run"
-    result = run_cli(["+experiment=smoke", "trainer.max_restarts=5", "trainer.restart_backoff_s=0",
-                      "trainer.checkpoint_every=1", "trainer.log_every=1",
-                      '+callbacks.crash={_target_:tfodtrain.testing.CrashAt,plan:"1:abort,2:kill,3:segv,4:term"}'],
-                     run_dir=run_dir, timeout=1200)
+def test_supervised_smoke_restarts_after_abort_sigkill_and_segfault_then_stops_on_sigterm(supervised_smoke):
+    """4 trainer processes (helpers/shared_runs.py's SUPERVISED_PLAN): guard-style abort (75) at step 1, SIGKILL
+    at 2, SIGSEGV at 3, SIGTERM at 4. conftest's `supervised_smoke`, started with the session."""
+    run_dir, result = supervised_smoke
     assert result.returncode == 143, result.stderr[-4000:]
     rows = records(run_dir)
     assert [(r["exit_code"], r["signal"], r["restart"]) for r in rows] == [

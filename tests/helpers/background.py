@@ -4,9 +4,12 @@ The long tests here mostly wait: a leak paced to a few steps a second, a watch t
 Started at once, they share those waits (each keeps its own process, run dir and output); each test then
 waits for its own command and checks what it checks.
 
+A command can also start when another ends (`then`), with arguments made from what that one left.
+
 Example:
     runs = Background()
     runs.start("a", [sys.executable, "-m", "tfodtrain", "+experiment=smoke"], timeout=600)
+    runs.then("b", after="a", make_args=lambda: [...], timeout=600)  # starts when "a" has ended
     result = runs.result("a")  # a subprocess.CompletedProcess, as subprocess.run gives
 """
 
@@ -16,6 +19,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 from helpers.repo import REPO
@@ -28,9 +32,9 @@ class Background:
     def __init__(self):
         self._runs: dict[str, tuple] = {}
         self._results: dict[str, subprocess.CompletedProcess] = {}
-
-    def __contains__(self, name: str) -> bool:
-        return name in self._runs
+        self._chained: dict[str, threading.Thread] = {}  # commands started by `then`, once their first has ended
+        self._errors: dict[str, BaseException] = {}  # a `then` whose arguments could not be made
+        self._stopping = False
 
     def start(self, name: str, args: list[str], timeout: float, env: dict | None = None) -> None:
         out, err = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")  # no pipe to fill up meanwhile
@@ -43,8 +47,31 @@ class Background:
         """`python -m tfodtrain ARGS hydra.run.dir=RUN_DIR`, as helpers.cli.run_cli runs it."""
         self.start(name, [sys.executable, "-m", "tfodtrain", *args, f"hydra.run.dir={run_dir}"], timeout, env)
 
+    def then(self, name: str, after: str, make_args, timeout: float, env: dict | None = None) -> None:
+        """Start `name` when `after` has ended, with the arguments `make_args()` gives then (it may read and copy
+        what `after` left); its timeout counts from its own start."""
+        first = self._runs[after][0]
+
+        def start_when_done():
+            first.wait()
+            if self._stopping:
+                return
+            try:
+                args = make_args()
+            except Exception as error:  # noqa: BLE001 - re-raised by result(name), in the test that asks
+                self._errors[name] = error
+                return
+            self.start(name, args, timeout, env)
+
+        self._chained[name] = threading.Thread(target=start_when_done, name=f"then {name}", daemon=True)
+        self._chained[name].start()
+
     def result(self, name: str) -> subprocess.CompletedProcess:
         """Wait for `name`; past its timeout it is killed and subprocess.TimeoutExpired raised (then and later)."""
+        if name in self._chained:
+            self._chained[name].join()
+            if name in self._errors:
+                raise RuntimeError(f"{name} could not start: {self._errors[name]!r}") from self._errors[name]
         if name not in self._results:
             proc, out, err, deadline, args = self._runs[name]
             timed_out = False
@@ -66,7 +93,14 @@ class Background:
         return done
 
     def stop(self) -> None:
-        for name, (proc, out, err, *_) in self._runs.items():
+        self._stopping = True
+        for name, (proc, out, err, *_) in list(self._runs.items()):
+            if name not in self._results and proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        for thread in self._chained.values():
+            thread.join()
+        for name, (proc, out, err, *_) in list(self._runs.items()):
             if name not in self._results and proc.poll() is None:
                 proc.kill()
                 proc.wait()
