@@ -339,7 +339,7 @@ def fit_trend(chunks: Sequence[_Chunk], min_chunks: int, sustain_ratio: float, s
         # How far readings reach above the floor around them (the median floor of a chunk and its
         # neighbours, carried along the slope), not above the window's line: a line that lags a
         # change of pace (a cache starting to fill) would count the lag as peaks.
-        peaks = max(c.max_used - (_median([ys[j] + slope * (c.max_time - xs[j]) for j in range(max(0, i - 1), min(n, i + 2))]))
+        peaks = max(c.max_used - _median([ys[j] + slope * (c.max_time - xs[j]) for j in range(max(0, i - 1), min(n, i + 2))])
                     for i, c in enumerate(chunks))
     # Scatter of the floors around the line (MAD): the noise a fast window's projection must clear.
     sigma = 1.4826 * _median([abs(r - intercept) for r in residuals])
@@ -694,7 +694,8 @@ class TrendDetector:
     def _curve_levels_off(ts: Sequence[float], ys: Sequence[float], limit: float, noise: float) -> bool:
         """Whether the best fit bends over within the time constants tried (an allocator's or a first
         evaluation's rise, not a leak's line) to a level two noise sigmas below ``limit``, with the
-        latest bins on the curve."""
+        latest bins on the curve and rising no faster than it (their Theil-Sen slope at most twice
+        the curve's, or a rise within the noise)."""
         n, t0 = len(ts), ts[0]
         best = None
         for tau in SETTLE_TAUS:
@@ -718,7 +719,15 @@ class TrendDetector:
         if level + 2.0 * noise >= limit:  # readings around that level would reach the limit
             return False
         # a sawtooth's phase moves bin averages by up to half its height: allow 1% of the limit
-        return _median(residuals[-max(3, n // 4):]) <= max(noise, 0.01 * limit)
+        recent = max(3, n // 4)
+        if _median(residuals[-recent:]) > max(noise, 0.01 * limit):
+            return False
+        # and the latest bins must be slowing down as the curve does: a climb that keeps its pace
+        # (a leak after a fast start) rises clearly faster than the curve's slope there
+        third = max(4, n // 3)
+        pace = theil_sen_slope(ts[-third:], ys[-third:])[0]
+        curve_slope = -b / tau * math.exp(-(_median_sorted(ts[-third:]) - t0) / tau)
+        return pace <= 2.0 * curve_slope or pace * (ts[-1] - ts[-third]) <= noise
 
     def _reading_noise(self, limit: int) -> float:
         """Sigma of the reading noise, from the spread of recent reading-to-reading changes (MAD:
