@@ -166,9 +166,11 @@ def build_variables(detector, input_size) -> None:
     height, width = int(input_size[0]), int(input_size[1])
     images = tf.zeros([1, height, width, 3])
     if hasattr(detector, "rpn_head"):
-        # Faster/Mask R-CNN: the second stage's heads are built on the ROI features of a whole call
+        # Faster/Mask R-CNN: the second stage's heads are built on the ROI features of a whole call. `call`,
+        # not `__call__`, as Model Garden's serving module does: Keras would keep this call's input spec and
+        # trace a training call from it when the model is saved (a SavedModel export), without groundtruths.
         shape = tf.constant([[height, width]], tf.float32)
-        tf.function(lambda: detector(images, image_shape=shape, training=False))()
+        tf.function(lambda: detector.call(images, image_shape=shape, training=False))()
         return
     # RetinaNetModel.call without its post-processing, which has no variables (and NMS is slow eagerly).
     features = detector.backbone(images, training=False)
