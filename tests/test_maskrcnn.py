@@ -175,3 +175,16 @@ def test_predict_pastes_box_relative_masks_onto_the_image():
     inside = np.abs(shaded[28:36, 65:80].astype(int) - plain[28:36, 65:80].astype(int)).sum()
     outside = np.abs(shaded[2:10, 2:10].astype(int) - plain[2:10, 2:10].astype(int)).sum()
     assert inside > 0 and outside == 0
+
+
+@pytest.mark.slow
+def test_the_report_gives_mask_ap_beside_box_ap(maskrcnn_run, tmp_path):
+    metrics = json.loads((maskrcnn_run / "metrics.json").read_text())
+    result = subprocess.run([sys.executable, "-m", "tfodtrain.report", str(maskrcnn_run), "--out", str(tmp_path)],
+                            capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert result.returncode == 0, result.stderr[-2000:]
+    page = (tmp_path / "report.md").read_text()
+    assert (f"| mask AP / AP50 / AP75 | {metrics['mask_AP']:.3f} / {metrics['mask_AP50']:.3f} / "
+            f"{metrics['mask_AP75']:.3f} |") in page
+    assert "| step | AP | AP50 | mask AP | mask AP50 |" in page
+    assert f"| 2 | {metrics['AP']:.3f} | {metrics['AP50']:.3f} | {metrics['mask_AP']:.3f} |" in page

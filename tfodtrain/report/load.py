@@ -19,7 +19,8 @@ from tfodtrain.report.record import Marker, PoolView, RunRecord
 from tfodtrain.report.replay import replay
 from tfodtrain.supervise import RESTARTS_FILE  # one JSON line per ended training process
 
-EVENT_TAGS = ("guard/abort", "guard/warning", "run/stopped", "eval/AP", "eval/AP50")
+EVAL_METRICS = ("AP", "AP50", "mask_AP", "mask_AP50", "mask_AP75")  # mask_*: Mask R-CNN runs
+EVENT_TAGS = ("guard/abort", "guard/warning", "run/stopped", *(f"eval/{name}" for name in EVAL_METRICS))
 
 
 def _read_json(path: Path) -> dict | None:
@@ -264,14 +265,14 @@ def _guard_markers(events: list, abort_report: dict | None, pools: dict) -> list
 
 
 def _eval_markers(events: list, metrics: dict | None) -> list[Marker]:
-    """Evaluation points: TensorBoard's eval/AP(50) scalars (periodic and final), and metrics.json's."""
+    """Evaluation points: TensorBoard's eval/AP(50) (and mask AP) scalars (periodic and final), and metrics.json's."""
     evals: dict = {}
     for tag, step, _, value in events:
         if tag.startswith("eval/") and value is not None:
             evals.setdefault(step, {})[tag[len("eval/"):]] = value
     for evaluation in (metrics or {}).get("evaluations", []):
         evals.setdefault(int(evaluation["step"]), {}).update(
-            {k: v for k, v in evaluation.items() if k in ("AP", "AP50")})
+            {k: v for k, v in evaluation.items() if k in EVAL_METRICS})
     return [Marker("eval", step, label=f"AP {values.get('AP', float('nan')):.3f}", details=values)
             for step, values in sorted(evals.items())]
 

@@ -34,6 +34,8 @@ def write_markdown(record: RunRecord, path: Path, image_name: str) -> Path:
              f"| steps | {last_step(record)}" + (f" of {total}" if total else "") + " |",
              f"| AP / AP50 / AP75 | {_fmt(m.get('AP'))} / {_fmt(m.get('AP50'))} / {_fmt(m.get('AP75'))}"
              + ("" if m else " (no final evaluation)") + " |",
+             *([f"| mask AP / AP50 / AP75 | {_fmt(m.get('mask_AP'))} / {_fmt(m.get('mask_AP50'))} / "
+                f"{_fmt(m.get('mask_AP75'))} |"] if "mask_AP" in m else []),
              f"| steps/s | {_fmt(rate, 2)}" + (f" ({rate_source})" if rate_source else "") + " |",
              f"| guard | {record.settings_note}; horizon {record.settings.horizon_s:g} s |",
              f"| restarts (supervisor) / resumes | {sum(m.label == 'restart' for m in record.of_kind('restart'))} / "
@@ -72,7 +74,12 @@ def write_markdown(record: RunRecord, path: Path, image_name: str) -> Path:
         lines.append("None.")
     evals = record.of_kind("eval")
     if evals:
-        lines += ["", "## Evaluations", "", "| step | AP | AP50 |", "|---|---|---|"]
-        lines += [f"| {e.step} | {_fmt(e.details.get('AP'))} | {_fmt(e.details.get('AP50'))} |" for e in evals]
+        if any("mask_AP" in e.details for e in evals):  # Mask R-CNN
+            lines += ["", "## Evaluations", "", "| step | AP | AP50 | mask AP | mask AP50 |", "|---|---|---|---|---|"]
+            lines += [f"| {e.step} | {_fmt(e.details.get('AP'))} | {_fmt(e.details.get('AP50'))} | "
+                      f"{_fmt(e.details.get('mask_AP'))} | {_fmt(e.details.get('mask_AP50'))} |" for e in evals]
+        else:
+            lines += ["", "## Evaluations", "", "| step | AP | AP50 |", "|---|---|---|"]
+            lines += [f"| {e.step} | {_fmt(e.details.get('AP'))} | {_fmt(e.details.get('AP50'))} |" for e in evals]
     path.write_text("\n".join(lines) + "\n")
     return path
