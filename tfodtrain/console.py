@@ -5,15 +5,20 @@ WARNING lines (errors stay), and on the console INFO lines of other loggers than
 from Model Garden's builders: `round_filter`, `stochastic_depth_drop_rate`, ...) are dropped; Hydra's
 log file (RUN_DIR/<job>.log) keeps them. Warnings and errors of every logger stay on the console.
 
-Two native lines TensorFlow logs at ERROR level are no error, and the entry drops them from the console
-(`relay_native_stderr`; every other line passes, in order):
+Some native lines TensorFlow logs are no error nor anything to act on, and the entry drops them from the
+console (`relay_native_stderr`; every other line passes, in order):
 
 * `failed call to cuInit: ... (303)` on a machine without an NVIDIA driver: a CUDA build of TensorFlow
   probes for a GPU through its stub of libcuda, which finds no driver library (error 303); TensorFlow
   then runs on the CPU, as it must. With an NVIDIA driver installed (/proc/driver/nvidia), the line stays.
-* `oneDNN supports DT_INT32 only on platforms with AVX-512. Falling back to the default Eigen-based
-  implementation`: TensorFlow's oneDNN graph rewrite (on by default on x86 CPUs) met an int32 op of
-  the model's graph, which oneDNN does not take; the op runs on TensorFlow's own kernel. Once per process.
+* `oneDNN supports DT_INT32 (or DT_BOOL) only on platforms with AVX-512. Falling back to the default
+  Eigen-based implementation`: TensorFlow's oneDNN graph rewrite (on by default on x86 CPUs) met an int32
+  (a two-stage detector's: bool) op of the model's graph, which oneDNN does not take; the op runs on
+  TensorFlow's own kernel. Once per process and type.
+* `Error in PredictCost() for the op: op: "CropAndResize" ...` (absl WARNING, `op_level_cost_estimator.cc`),
+  and absl's `WARNING: All log messages before absl::InitializeLog() ...` before it: Grappler's cost model
+  cannot price the ROI crops of Faster/Mask R-CNN, whose sizes are known only at run time; the graph is
+  optimised without that estimate and runs as written. A few times per traced function.
 
 `TFODTRAIN_VERBOSE=1` brings everything back. A `TF_CPP_MIN_LOG_LEVEL` of the user's own always wins
 (and then nothing is dropped).
@@ -49,13 +54,18 @@ def quiet_native_logs() -> bool:
 
 _NATIVE_LINE = r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+: E \S+"
 NO_DRIVER_CUINIT = re.compile(_NATIVE_LINE + r"/cuda_platform\.cc:\d+\] failed call to cuInit: .*\(303\)\s*$")
-ONEDNN_INT32 = re.compile(_NATIVE_LINE + r"/util\.cc:\d+\] oneDNN supports DT_INT32 only on platforms with AVX-512\. "
-                          r"Falling back to the default Eigen-based implementation if present\.\s*$")
+ONEDNN_INT32 = re.compile(_NATIVE_LINE + r"/util\.cc:\d+\] oneDNN supports DT_(INT32|BOOL) only on platforms with "
+                          r"AVX-512\. Falling back to the default Eigen-based implementation if present\.\s*$")
+ROI_CROP_COST = re.compile(r"^W\d{4} [\d:.]+\s+\d+ op_level_cost_estimator\.cc:\d+\] Error in PredictCost\(\) for the "
+                           r'op: op: "CropAndResize" ')
+ABSL_PREFACE = re.compile(r"^WARNING: All log messages before absl::InitializeLog\(\) is called are written to "
+                          r"STDERR\s*$")
 
 
 def native_noise(nvidia_driver: bool) -> list[re.Pattern]:
     """The native ERROR lines that are no error on this machine (see the module's docstring)."""
-    return [ONEDNN_INT32] if nvidia_driver else [NO_DRIVER_CUINIT, ONEDNN_INT32]
+    common = [ONEDNN_INT32, ROI_CROP_COST, ABSL_PREFACE]
+    return common if nvidia_driver else [NO_DRIVER_CUINIT, *common]
 
 
 def relay(source: int, sink: int, noise: list[re.Pattern], wait_s: float = 0.2) -> None:
