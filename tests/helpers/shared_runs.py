@@ -28,7 +28,7 @@ from pathlib import Path
 from helpers.cli import compose_config
 from tfodtrain import checkpoint_files
 
-FILL_S = 180  # leak_demo_warned: seconds its leak takes to fill the budget, from the leak's start
+FILL_S = 240  # leak_demo_warned: seconds its leak takes to fill the budget, from the leak's start
 WARNED_BUDGET_MB = 2048
 SETTLED_MIB = 1000  # leak_demo's RSS before its leak starts (measured: 0.95-1.0 GiB)
 
