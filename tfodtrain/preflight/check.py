@@ -69,6 +69,9 @@ def before_fit(cfg, params, trainer_model, train_ds, val_ds, gpus, auto_batch: b
                 cfg.trainer.batch_size = chosen
             params.task.train_data.global_batch_size = chosen
             train_ds = trials.fresh_dataset(chosen)
+            # A new trace for the new batch size: retraced, Keras's train function would relax the batch
+            # dimension to None, which Faster/Mask R-CNN's samplers cannot take (they loop over the batch).
+            trainer_model.train_function = None
     rundir.write_json(run_dir / rundir.PREFLIGHT, report)
     _log_skipped_records(run_dir, report["bad_records"])
     return train_ds, val_ds
