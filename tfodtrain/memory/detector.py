@@ -239,7 +239,8 @@ class _Window:
         start-up (the shortest, while none starts after it).
         """
         spans = {min(len(chunks), self.min_chunks * k) for k in (1, 2, 4)}
-        since = sum(1 for c in chunks if c.first_time >= self.judged_from)
+        since = len(chunks) if chunks[0].first_time >= self.judged_from else \
+            sum(1 for c in chunks if c.first_time >= self.judged_from)
         spans = sorted(span for span in spans | ({since} if since < len(chunks) else set())
                        if span >= self.min_chunks and _rises(chunks[-span:], self.noise, self.limit)
                        and self._reaches_new_territory(chunks[-span:]))
@@ -732,7 +733,7 @@ class TrendDetector:
     def _reading_noise(self, limit: int) -> float:
         """Sigma of the reading noise, from the spread of recent reading-to-reading changes (MAD:
         a leak's steady growth and rare jumps do not move it); at least 0.2% of the limit."""
-        key = (self.readings, limit)
+        key = (self.readings // 4, limit)  # a robust spread of 64 changes: refreshed every 4 readings
         if self._noise_at[0] == key:
             return self._noise_at[1]
         floor = 0.002 * max(limit, 0)
