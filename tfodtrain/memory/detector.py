@@ -359,8 +359,8 @@ def fit_trend(chunks: Sequence[_Chunk], min_chunks: int, sustain_ratio: float, s
     # Growth that slows down (a cache filling up, fragmentation levelling off, the allocator's
     # start) is projected at the pace of the window's recent half, when that is slower.
     half = n // 2
-    recent_slope = theil_sen_slope(xs[half:], ys[half:], slope_z, _kept_slopes(chunks[half:]) if fast else None)[0] \
-        if n - half >= 3 else slope
+    recent_slopes = _kept_slopes(chunks[half:]) if fast else None
+    recent_slope = theil_sen_slope(xs[half:], ys[half:], slope_z, recent_slopes)[0] if n - half >= 3 else slope
     # A fast window whose growth slows down (an allocator filling its working set, a cache nearly
     # full) approaches a level: its time constant, from the slopes of its two halves.
     # Only a significant slow-down counts (the recent half's slope lies above the early half's
@@ -368,7 +368,6 @@ def fit_trend(chunks: Sequence[_Chunk], min_chunks: int, sustain_ratio: float, s
     # chance, and a leak taken for settling is projected never to arrive.
     settle_s = math.inf
     if fast and half >= 3 and recent_slope > 0:
-        recent_slopes = _kept_slopes(chunks[half:])
         early_slopes = _kept_slopes(chunks[:half])
         early = _median_sorted(early_slopes)
         if 0 < recent_slope < early and _band(recent_slopes, n - half, slope_z)[1] < _band(early_slopes, half, slope_z)[0]:
@@ -441,10 +440,7 @@ def theil_sen_slope(xs: Sequence[float], ys: Sequence[float], z: float = 2.326,
     slopes = pairwise_slopes(xs, ys) if slopes is None else slopes
     if not slopes:
         return 0.0, 0.0
-    n = len(xs)
-    spread = z * math.sqrt(n * (n - 1) * (2 * n + 5) / 18.0)
-    low_index = int((len(slopes) - spread) / 2)
-    return _median_sorted(slopes), slopes[max(0, min(len(slopes) - 1, low_index))]
+    return _median_sorted(slopes), _band(slopes, len(xs), z)[0]
 
 
 def _band(slopes: Sequence[float], n: int, z: float) -> Tuple[float, float]:
