@@ -653,6 +653,12 @@ class TrendDetector:
                 if best_key is None or key < best_key:
                     best, best_key = (window, trend), key
         if best is None:
+            if any(w.fast and len(w.chunks) >= w.min_chunks for w in self.windows):
+                # Enough history, and no span worth a fit (none rises beyond the reading noise at a pace
+                # that could matter, into new ground): that is a judgement too, no growth.
+                base.ready = True
+                base.note = "no rise beyond the reading noise"
+                return base
             base.note = "not enough history for a trend yet"
             return base
         headroom = self._headroom(*best, noise if noise is not None else self._reading_noise(base.limit_bytes))
