@@ -87,6 +87,20 @@ def test_stable_plateau_close_to_the_limit_is_not_aborted():
     assert first_abort(lambda t: warm(0, t, base=38.6 * GIB), limit=limit, noise=0.15 * GIB) is None
 
 
+@pytest.mark.parametrize("seed,tau_s", [(0, 1500.0), (1, 3000.0)])
+def test_a_noisy_plateau_whose_readings_stay_below_the_limit_is_not_projected_there_already(seed, tau_s):
+    """89% of the limit, noise sigma 2% of it, the last 3% of the start settling over an hour or two: the
+    readings reach 96-97% and never the limit. Peaks above chunk floors (each a chunk's deepest dip) plus a
+    noise sigma put the band above the limit, so any significant drift of the floor was projected to run
+    out "in 0 s" (two of these aborted); the band counts no higher than the readings seen."""
+    limit, rng, guard = 12 * GIB, random.Random(seed), MemoryGuard()
+    for i in range(5400):  # a reading every 4 s for 6 hours
+        t = 20.0 + 4.0 * i
+        used = int(10.74 * GIB - 0.03 * limit * math.exp(-t / tau_s) + rng.gauss(0, 0.24 * GIB))
+        assert used < limit
+        assert guard.observe("gpu0", int(t), t, used, limit).action != "abort", t
+
+
 def test_one_time_step_up_is_not_a_trend():
     jump = lambda t: 14 * GIB if t > 3 * 3600 else 0  # noqa: E731
     assert first_abort(lambda t: warm(jump(t), t, base=18 * GIB), limit=40 * GIB) is None

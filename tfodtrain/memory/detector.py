@@ -143,6 +143,8 @@ class _Trend:
     settle_s: float = math.inf  # fast: time constant of growth that slows down (inf: it does not)
     last_time: float = math.inf  # time of the last chunk's floor
     fast: bool = False  # fitted by a fast window
+    stair: float = 0.0  # long: the part of the headroom that is the next stair's height
+    peak_level: float = math.inf  # long: the highest readings, carried to last_time (see fit_trend)
 
     def floor_at(self, time_s: float) -> float:
         """The floor at ``time_s``: on the line up to the window's last chunk, then onwards at the
@@ -386,11 +388,15 @@ def fit_trend(chunks: Sequence[_Chunk], min_chunks: int, sustain_ratio: float, s
                "min_used_bytes": min(c.min_used for c in chunks),
                "median_floor_bytes": int(_median(ys)),
                "max_used_bytes": max(c.max_used for c in chunks)}
+    # the highest readings, carried to the window's end at the slower of the line's and the recent
+    # half's pace (a cache that stopped filling keeps its peaks where they were)
+    carry = min(slope, recent_slope)
+    peak_level = math.inf if fast else max(c.max_used + carry * (last_time - c.max_time) for c in chunks)
     return _Trend(slope, slope_low, min(intercept, recent_floor), mann_kendall_p(ys, slopes), sustained,
                   headroom=max(0.0, peaks) + max(0.0, stair),
                   seconds_per_step=seconds / steps if steps > 0 else 0.0, summary=summary,
                   recent_slope=recent_slope, sigma=sigma, first_time=chunks[0].first_time, settle_s=settle_s,
-                  last_time=last_time, fast=fast)
+                  last_time=last_time, fast=fast, stair=max(0.0, stair), peak_level=peak_level)
 
 
 def _kept_slopes(chunks: Sequence[_Chunk]) -> List[float]:
@@ -780,8 +786,17 @@ class TrendDetector:
         """How far above the floor the readings reach: a fast window's reading noise (its residuals
         from a line also hold the bend of a curve, which is no headroom); a long window's observed
         peaks and stairs plus one noise sigma (the next hours' readings may reach a little higher
-        than the last hours' did)."""
-        return NOISE_PEAK_Z * noise if window.fast else trend.headroom + noise
+        than the last hours' did). A long window's peaks above their local floors overstate the band
+        of noisy readings (a chunk's floor is its deepest dip): they count no higher than the window's
+        highest readings, carried to now, plus half a noise sigma. Not in a window whose recent half
+        rises faster than its line (accelerating): there the peaks ride a floor that outruns the line."""
+        if window.fast:
+            return NOISE_PEAK_Z * noise
+        if trend.recent_slope > trend.slope_per_s:
+            return trend.headroom + noise
+        peaks = trend.headroom - trend.stair
+        observed = trend.peak_level - trend.floor_at(trend.last_time)
+        return max(0.0, min(peaks + noise, observed + 0.5 * noise)) + trend.stair
 
     @staticmethod
     def _seconds_to_limit(trend: _Trend, base: Assessment, headroom: float) -> float:
