@@ -194,6 +194,7 @@ for step in range(1, 10_000):
 '''
 
 
+@pytest.mark.slow
 def test_a_process_killed_mid_save_leaves_a_restorable_newest_checkpoint(tmp_path):
     """SIGKILL the instant a save's `_temp` folder appears (128 MiB per save: the save is under way)."""
     directory = tmp_path / "ckpt"

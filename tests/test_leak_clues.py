@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from tfodtrain.callbacks.clues import LeakClues, RetraceWatch
 from tfodtrain.memory.pyobjects import ObjectGrowth, census, describe, growth
@@ -121,6 +122,7 @@ def holder(report, path):
     return found[0]
 
 
+@pytest.mark.slow
 def test_a_module_list_of_eager_tensors_appended_by_a_callback():
     import tensorflow as tf
     import tf_keras
@@ -149,6 +151,7 @@ def test_a_module_list_of_eager_tensors_appended_by_a_callback():
     assert (grown["kind"], grown["dtype"], grown["shape"]) == ("tensor", "float32", "(128, 128)") and grown["growth"] >= 40
 
 
+@pytest.mark.slow
 def test_b_a_dict_keyed_by_step_in_the_closure_of_a_lambda_callback():
     import tf_keras
 
@@ -168,6 +171,7 @@ def test_b_a_dict_keyed_by_step_in_the_closure_of_a_lambda_callback():
                             "test_b_a_dict_keyed_by_step_in_the_closure_of_a_lambda_callback.<locals>.make_callback.<locals>.remember"
 
 
+@pytest.mark.slow
 def test_c_a_tf_function_retraced_every_step_by_a_python_int():
     import tensorflow as tf
     import tf_keras
@@ -191,6 +195,7 @@ def test_c_a_tf_function_retraced_every_step_by_a_python_int():
     assert report["retracing"]["retraces"] == 0  # Keras' own training function is traced once
 
 
+@pytest.mark.slow
 def test_d_host_objects_held_by_an_attribute_of_the_model():
     import tf_keras
 
@@ -208,6 +213,7 @@ def test_d_host_objects_held_by_an_attribute_of_the_model():
                             "test_d_host_objects_held_by_an_attribute_of_the_model.<locals>.Log.on_train_batch_end"
 
 
+@pytest.mark.slow
 def test_a_healthy_bounded_cache_names_no_holder():
     import collections
 

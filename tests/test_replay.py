@@ -27,6 +27,7 @@ def _replay(*args: str) -> subprocess.CompletedProcess:
                           text=True, cwd=REPO, timeout=120)
 
 
+@pytest.mark.slow
 def test_shared_traces_every_leak_caught_a_minute_ahead_no_healthy_aborted():
     folder = _shared_traces()
     labels = json.loads((folder / "labels.json").read_text())

@@ -203,6 +203,7 @@ def test_child_command_repeats_the_overrides_pinned_to_the_run_dir(tmp_path):
                                   f"hydra.run.dir={tmp_path}"]
 
 
+@pytest.mark.slow
 def test_cli_child_failing_on_bad_input_is_not_restarted(tmp_path):
     """A mistake only the child sees (TF_CONFIG, read by the trainer): exit 2 passes through, once."""
     run_dir = tmp_path / "run"
@@ -215,6 +216,7 @@ def test_cli_child_failing_on_bad_input_is_not_restarted(tmp_path):
     assert len(rows) == 1 and rows[0]["exit_code"] == 2 and rows[0]["restart"] is False
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_a_signal_before_training_starts_exits_cleanly(tmp_path, signum, code, data_cache):
     """Sent while the trainer imports TensorFlow / builds the model: no checkpoint yet, no traceback."""

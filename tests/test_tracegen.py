@@ -58,6 +58,7 @@ def test_leaks_end_at_the_limit_and_healthy_runs_stay_below(unseen):
             assert max(used) < limit and trace.oom_step is None
 
 
+@pytest.mark.slow
 def test_guard_on_unseen_traces_catches_every_leak_a_minute_ahead_and_aborts_no_healthy_run(unseen):
     problems = []
     for trace in unseen:
@@ -121,6 +122,7 @@ def test_a_linear_leak_family_fills_memory_in_its_minutes():
     assert 6 * 60 <= lasted <= 10 * 60 + 30  # noise and peaks may kill it sooner, never later
 
 
+@pytest.mark.slow
 def test_guard_defaults_on_unseen_families(families):
     """Every family at least once, from a seed never used while designing: each leak aborted a
     minute before it dies, no healthy run aborted."""

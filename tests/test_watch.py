@@ -169,6 +169,7 @@ def test_sigint_and_sigterm_are_forwarded_and_the_tree_is_taken_down(tmp_path, s
     assert not grandchild.is_running() or grandchild.status() == psutil.STATUS_ZOMBIE
 
 
+@pytest.mark.slow
 def test_a_second_signal_kills_the_tree(tmp_path):
     """Real signals: a child that ignores SIGTERM is SIGKILLed by the second one."""
     proc = subprocess.Popen([sys.executable, "-m", "tfodtrain.watch", "--run-dir", str(tmp_path / "run"), "--",
