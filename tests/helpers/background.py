@@ -94,13 +94,13 @@ class Background:
 
     def stop(self) -> None:
         self._stopping = True
-        for name, (proc, out, err, *_) in list(self._runs.items()):
-            if name not in self._results and proc.poll() is None:
-                proc.kill()
-                proc.wait()
+        self._kill_unfinished()  # a `then` waits for its first run: ending those lets its thread end
         for thread in self._chained.values():
             thread.join()
-        for name, (proc, out, err, *_) in list(self._runs.items()):
+        self._kill_unfinished()  # a `then` that started just before `_stopping` was set
+
+    def _kill_unfinished(self) -> None:
+        for name, (proc, *_) in list(self._runs.items()):
             if name not in self._results and proc.poll() is None:
                 proc.kill()
                 proc.wait()

@@ -673,8 +673,8 @@ class TrendDetector:
     def _levels_off(self, limit: int, noise: float) -> bool:
         """The readings since the first (in bins of SETTLE_BIN_S) follow a rise that levels off,
         ``level - A * exp(-t / tau)`` with tau up to about two minutes, to a level that stays below
-        the limit by two noise sigmas,
-        and the latest bins keep to that curve (a leak that begins on top of it climbs away).
+        the limit by two noise sigmas, and the latest bins keep to that curve (a leak that begins on
+        top of it climbs away).
         Least squares over a grid of time constants; judged again when a bin closes."""
         bins = self._early[:-1]  # closed bins
         if self._saturation[0] == len(bins):

@@ -74,12 +74,9 @@ def write_markdown(record: RunRecord, path: Path, image_name: str) -> Path:
         lines.append("None.")
     evals = record.of_kind("eval")
     if evals:
-        if any("mask_AP" in e.details for e in evals):  # Mask R-CNN
-            lines += ["", "## Evaluations", "", "| step | AP | AP50 | mask AP | mask AP50 |", "|---|---|---|---|---|"]
-            lines += [f"| {e.step} | {_fmt(e.details.get('AP'))} | {_fmt(e.details.get('AP50'))} | "
-                      f"{_fmt(e.details.get('mask_AP'))} | {_fmt(e.details.get('mask_AP50'))} |" for e in evals]
-        else:
-            lines += ["", "## Evaluations", "", "| step | AP | AP50 |", "|---|---|---|"]
-            lines += [f"| {e.step} | {_fmt(e.details.get('AP'))} | {_fmt(e.details.get('AP50'))} |" for e in evals]
+        names = ["AP", "AP50"] + (["mask_AP", "mask_AP50"] if any("mask_AP" in e.details for e in evals) else [])
+        lines += ["", "## Evaluations", "", "| step | " + " | ".join(n.replace("_", " ") for n in names) + " |",
+                  "|---" * (len(names) + 1) + "|"]
+        lines += [f"| {e.step} | " + " | ".join(_fmt(e.details.get(n)) for n in names) + " |" for e in evals]
     path.write_text("\n".join(lines) + "\n")
     return path
