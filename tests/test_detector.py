@@ -8,9 +8,10 @@ import random
 
 import pytest
 
-from tfodtrain.memory.detector import TrendDetector, mann_kendall_p, theil_sen_slope
+from tfodtrain.memory.detector import TrendDetector, _Chunk, fit_trend, mann_kendall_p, theil_sen_slope
 from tfodtrain.memory.guard import MemoryGuard
 from tfodtrain.memory.policy import Decision, GuardPolicy, GuardSettings
+from tfodtrain.memory.tracegen import generate_family_trace
 
 GIB = 1 << 30
 MIB = 1 << 20
@@ -104,6 +105,33 @@ def test_a_noisy_plateau_whose_readings_stay_below_the_limit_is_not_projected_th
 def test_one_time_step_up_is_not_a_trend():
     jump = lambda t: 14 * GIB if t > 3 * 3600 else 0  # noqa: E731
     assert first_abort(lambda t: warm(jump(t), t, base=18 * GIB), limit=40 * GIB) is None
+
+
+def test_the_chunk_that_holds_a_step_up_does_not_count_the_step_as_a_peak():
+    """Readings 1 GiB above each chunk's floor; a 15 GiB step up inside chunk 2. That chunk's floor is
+    from before the step and its highest reading from after: measured against the floors around it
+    before the step, the step itself counted as a 16 GiB peak, and the window's band of readings
+    reached far above where any reading went."""
+    chunks = []
+    for i in range(24):
+        floor = 45 * GIB if i <= 2 else 60 * GIB + (i % 3) * 200 * MIB
+        high = 61 * GIB if i == 2 else floor + GIB
+        t = 60.0 * i
+        chunks.append(_Chunk(i, 10 * i, t, 10 * i + 9, t + 59, floor, t + 5, high, t + 40, count=10))
+    trend = fit_trend(chunks, 12, 0.2, 2.326)
+    assert trend.headroom < 1.6 * GIB
+
+
+def test_a_plateau_whose_floor_drifts_by_chance_for_hours_close_to_the_limit_is_not_aborted():
+    """A 27-hour plateau at 90% of 40 GiB with evaluation spikes and a GC sawtooth, its readings up to
+    98.8% of the limit (the generated high_plateau trace of seed 909 * 1009 + 3). Over one 6.4-hour
+    window its floors rose 0.8 GiB, p = 0.0009, enough to be projected past the limit "in 0 s"; the
+    rise is 2.4 sigmas of the floors' own scatter, no growth."""
+    trace = generate_family_trace("high_plateau", 909 * 1009 + 3)
+    assert not trace.leak
+    guard = MemoryGuard()
+    for row in trace.rows:
+        assert guard.observe("gpu0", row.step, row.time_s, row.used_bytes, row.limit_bytes).action != "abort", row.time_s
 
 
 def test_gc_sawtooth_and_eval_spikes_are_not_leaks():

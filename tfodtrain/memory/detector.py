@@ -5,8 +5,9 @@ reach the limit at that pace. Only past readings are used. Standard library only
 
 How it tells a leak from what healthy long runs do:
 
-* Warm-up: readings of the first ``warmup_s`` seconds are ignored (allocator growth, first
-  compilations and evaluations, allocator staircases).
+* Start-up: readings are discounted while the floor still rises after a fast start, for two
+  minutes at most (see ``TrendDetector``); readings of an explicit ``warmup_s`` are ignored (none
+  by default). Fast windows of seconds-long chunks look for a new linear regime (fast leaks).
 * Readings are grouped into chunks of fixed duration; a chunk keeps its minimum (the floor) and
   its maximum. The floor ignores evaluation spikes and short sawtooth peaks.
 * The trend is fitted on the floors of a sliding window with the Theil-Sen slope (the median of
@@ -14,12 +15,14 @@ How it tells a leak from what healthy long runs do:
 * Sustained: a one-time step up is monotonic too, so the floor must also rise from each quarter
   of the window to the next by comparable amounts. One step raises at most two of the three;
   a leak, a staircase leak with several stairs or an accelerating leak raise all three. A cache
-  that fills and levels off stops rising.
+  that fills and levels off stops rising. And the floors must rise by ``LONG_RISE_SIGMAS`` of
+  their own scatter: a plateau refitted for days drifts significantly by chance now and then.
 * Several windows run side by side (by default 24 chunks of 1, 4 and 16 minutes: 24 minutes,
   1.6 hours and 6.4 hours). Short windows react to fast and late leaks; long ones see slow
   leaks, rare stairs and rare spikes. The growing window that runs out first speaks.
 * Projection: a run dies at its peaks, not at its floor. The peak headroom is how far chunk
-  maxima went above the trend line (spikes, sawtooth peaks, noise) plus, for a staircase, the
+  maxima went above the floors around them (spikes, sawtooth peaks, noise; a chunk holding a
+  step up is measured from the floor after it) plus, for a staircase, the
   height of a stair (the second largest jump of the floor, so that a single step does not
   count). Memory is projected to run out when floor + headroom reaches the limit, growing at
   the low end of the slope's confidence interval (``projection_confidence``), so that a barely
@@ -57,6 +60,7 @@ SEGMENTS = 4  # the floor must rise from each quarter of a window to the next to
 NOISE_PEAK_Z = 3.0  # a fast window's peaks reach at least this many noise sigmas above its trend
 FAST_RISE_SIGMAS = 6.0  # a 6-chunk fast window's rise, in reading-noise sigmas, to count as a regime (less when longer)
 FAST_ALPHA = 0.01  # Mann-Kendall level of a fast window: its rise and confirmations carry the rest
+LONG_RISE_SIGMAS = 3.0  # a long window's rise, in sigmas of its floors' scatter around the line, to count as growth
 FAST_REACH_S = 10800.0  # a fast window fits only growth that would reach the limit within this (6 x warn horizon)
 FAST_CONFIRMATIONS = 3  # fits in a row (on successive chunks) in which a fast window must see growth,
 FAST_CONFIRM_S = 10.0  # or 2 fits this many seconds apart (sparse readings)
@@ -342,8 +346,11 @@ def fit_trend(chunks: Sequence[_Chunk], min_chunks: int, sustain_ratio: float, s
         # How far readings reach above the floor around them (the median floor of a chunk and its
         # neighbours, carried along the slope), not above the window's line: a line that lags a
         # change of pace (a cache starting to fill) would count the lag as peaks.
-        peaks = max(c.max_used - _median([ys[j] + slope * (c.max_time - xs[j]) for j in range(max(0, i - 1), min(n, i + 2))])
-                    for i, c in enumerate(chunks))
+        # A chunk that holds a one-time step up reaches the floor after it, which is no peak: its
+        # floor is the higher of the medians centred on it and on the chunk after it.
+        def floor_near(c: _Chunk, lo: int, hi: int) -> float:
+            return _median([ys[j] + slope * (c.max_time - xs[j]) for j in range(max(0, lo), min(n, hi))])
+        peaks = max(c.max_used - max(floor_near(c, i - 1, i + 2), floor_near(c, i, i + 3)) for i, c in enumerate(chunks))
     # Scatter of the floors around the line (MAD): the noise a fast window's projection must clear.
     sigma = 1.4826 * _median([abs(r - intercept) for r in residuals])
     if fast:
@@ -650,7 +657,11 @@ class TrendDetector:
                     growing = confirmed and not settling \
                         and self._fast_regime(trend, base, noise)
                 else:
-                    growing = trend.p_value <= self.alpha and trend.sustained and trend.slope_low_per_s > 0
+                    # Long windows are fitted again at every chunk for days: a chance drift of a
+                    # plateau passes the test now and then, so the floors must also rise clearly
+                    # out of their own scatter (harmless elsewhere, fatal on a plateau near its limit).
+                    growing = trend.p_value <= self.alpha and trend.sustained and trend.slope_low_per_s > 0 \
+                        and trend.slope_per_s * trend.summary["span_s"] >= LONG_RISE_SIGMAS * trend.sigma
                 if growing:
                     noise = noise if noise is not None else self._reading_noise(base.limit_bytes)
                 seconds = self._seconds_to_limit(trend, base, self._headroom(window, trend, noise)) \
