@@ -183,6 +183,20 @@ def test_the_start_up_is_discounted_only_while_the_floor_rises_and_at_most_two_m
     assert not notes[10].startswith("start-up")  # levelled off: judged from the first minute
 
 
+def test_a_slow_noisy_start_is_not_taken_for_a_fast_leak_after_a_few_readings():
+    """A start from 4 GiB towards 13 GiB of 24 with a time constant of about a minute and a half, readings
+    every 1.7 s with sigma 0.5 GiB (the generated fragmentation_creep trace of seed 404 * 1009 + 3). Its
+    first 8 readings (14 s) set no new high by chance, which ended the start-up; the rest of the rise
+    then looked like a leak filling memory in 3 minutes and was aborted at 95 s. The start-up is judged
+    on 30 s of readings at least."""
+    trace = generate_family_trace("fragmentation_creep", 404 * 1009 + 3)
+    guard = MemoryGuard()
+    for row in trace.rows:
+        if row.time_s > 1200:
+            break
+        assert guard.observe("gpu0", row.step, row.time_s, row.used_bytes, row.limit_bytes).action != "abort", row.time_s
+
+
 def test_a_run_settling_after_a_slow_start_near_the_limit_is_not_aborted():
     # the allocator grows into a working set 3% below the limit for 4 minutes
     level = lambda t: 38.8 * GIB * (1 - 0.8 * math.exp(-t / 70.0))  # noqa: E731
