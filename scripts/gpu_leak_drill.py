@@ -21,7 +21,7 @@ card in 3 minutes or more after the start-up is caught with them (on an H200, 20
 ``--product-settings --seconds 480``, abort 182.5 s before the OOM). Without it the drill stands for
 a longer leak (``--stands-for``, default 3600 s) and divides every *duration* in the defaults by
 ``stands_for / seconds`` (30 by default): startup_s 120 -> 4, chunk_seconds (60, 240, 960) -> (2, 8,
-32), fast_chunk_seconds (5, 20) -> (0.17, 0.67), horizon_s 180 -> 6, long_horizon_s 900 -> 30,
+32), fast_chunk_seconds (5, 20) -> (0.17, 0.67), horizon_s 180 -> 6, long_horizon_s 300 -> 10,
 warn_horizon_s 1800 -> 60, warn_every_s 600 -> 20. Counts and statistics stay the defaults. The drill
 prints the settings it uses.
 
