@@ -183,18 +183,16 @@ def test_the_start_up_is_discounted_only_while_the_floor_rises_and_at_most_two_m
     assert not notes[10].startswith("start-up")  # levelled off: judged from the first minute
 
 
-def test_a_slow_noisy_start_is_not_taken_for_a_fast_leak_after_a_few_readings():
-    """A start from 4 GiB towards 13 GiB of 24 with a time constant of about a minute and a half, readings
-    every 1.7 s with sigma 0.5 GiB (the generated fragmentation_creep trace of seed 404 * 1009 + 3). Its
-    first 8 readings (14 s) set no new high by chance, which ended the start-up; the rest of the rise
-    then looked like a leak filling memory in 3 minutes and was aborted at 95 s. The start-up is judged
-    on 30 s of readings at least."""
-    trace = generate_family_trace("fragmentation_creep", 404 * 1009 + 3)
-    guard = MemoryGuard()
-    for row in trace.rows:
-        if row.time_s > 1200:
-            break
-        assert guard.observe("gpu0", row.step, row.time_s, row.used_bytes, row.limit_bytes).action != "abort", row.time_s
+def test_a_leak_that_starts_20_s_into_a_flat_start_is_aborted_before_the_limit():
+    """The watch's leaking child: flat for 20 s, then 30 MiB/s towards a 2.5 GiB budget, read every 2 s. The
+    flat readings end the start-up discount; a start-up judged only after 30 s saw the leak already rising
+    and lasted its full 2 minutes, past the budget."""
+    limit = 2500 * MIB
+    level = lambda t: 100 * MIB + 30 * MIB * max(0.0, t - 40.0)  # noqa: E731 (the readings start at 20 s)
+    hit = first_abort(level, limit=limit, every_s=2.0, noise=2 * MIB, seconds=300, s_per_step=0.1)
+    assert hit is not None
+    death = 40.0 + (limit - 100 * MIB) / (30 * MIB)
+    assert death - hit[1] >= 20, hit
 
 
 def test_a_run_settling_after_a_slow_start_near_the_limit_is_not_aborted():

@@ -54,7 +54,6 @@ DEFAULT_FAST_CHUNK_SECONDS = (5.0, 20.0)  # fast windows: the last 6, 12 and 24 
 DEFAULT_WINDOW_CHUNKS = 24
 DEFAULT_STARTUP_S = 120.0  # the start-up discount ends when the floor stops rising, at the latest here
 SETTLING_S = 600.0  # how long into a run a rise that levels off below the limit may be taken for the start
-STARTUP_MIN_S = 30.0  # the start-up is judged over readings of this many seconds at least (a few noisy ones set no high by chance)
 SETTLE_BIN_S = 5.0  # the first SETTLING_S of readings, averaged in bins of this many seconds, for that fit
 SETTLE_TAUS = tuple(10.0 * 1.25 ** k for k in range(13))  # time constants tried: 10 s to ~2.4 min (the last one: no bend)
 SEGMENTS = 4  # the floor must rise from each quarter of a window to the next to be sustained
@@ -611,14 +610,13 @@ class TrendDetector:
         """The start-up discount, on evidence in the readings alone: it ends when the last quarter
         of its readings (at least 3) sets no new high above the earlier ones by more than 0.5% of
         the limit and the last half (at least 8) shows no significant rise (Mann-Kendall, p > 0.05:
-        noisy readings may miss a new high on a ramp), judged from ``STARTUP_MIN_S`` on, or after
-        ``startup_s``."""
+        noisy readings may miss a new high on a ramp), or after ``startup_s``."""
         if self._startup is None:
             return False
         self._startup.append(used)
         readings = self._startup
         over = time_s >= self._startup_cap()
-        if not over and len(readings) >= 8 and time_s - self._first[1] >= STARTUP_MIN_S:
+        if not over and len(readings) >= 8:
             recent = max(3, len(readings) // 4)
             over = max(readings[-recent:]) <= max(readings[:-recent]) + 0.005 * max(limit, 0) \
                 and mann_kendall_p(readings[-max(8, len(readings) // 2):]) > 0.05
