@@ -195,6 +195,51 @@ def test_a_leak_that_starts_20_s_into_a_flat_start_is_aborted_before_the_limit()
     assert death - hit[1] >= 20, hit
 
 
+def test_a_noisy_ramp_does_not_end_the_start_up_by_chance():
+    """The allocator's start on a noisy card (sigma 1.75% of the limit, a reading a second): eight readings
+    on the ramp may set no new high and show no significant rise by chance. The start-up ended there and
+    the rest of the ramp was aborted as a fast leak (3 of these 6 seeds); it must also bound its pace."""
+    level = lambda t: 72 * GIB * (1 - 0.6 * math.exp(-t / 80.0))  # noqa: E731
+    hits = [first_abort(level, limit=80 * GIB, every_s=1.1, noise=1.4 * GIB, seconds=900, seed=seed) for seed in range(6)]
+    assert hits == [None] * 6, [hit and hit[1] for hit in hits]
+
+
+def family_abort(family: str, seed: int, until_s: float):
+    """Time of the defaults' first abort on a generated family trace up to ``until_s``, or None."""
+    trace = generate_family_trace(family, seed)
+    guard = MemoryGuard()
+    for row in trace.rows:
+        if row.time_s > until_s:
+            return None
+        if guard.observe("gpu0", row.step, row.time_s, row.used_bytes, row.limit_bytes).action == "abort":
+            return row.time_s
+    return None
+
+
+def test_a_start_that_levels_off_is_judged_by_the_lowest_level_that_fits_it_as_well():
+    """A plateau at 91% of the limit, reached by a slow, noisy start (time constant about 80 s): the best
+    fit's level overshoots (15.8 of 16 GiB, where it levels at 14.5; a time constant 25% shorter fits as
+    well and levels at 15.1), and the rest of the start was aborted as a fast leak."""
+    assert family_abort("high_plateau", 4444 * 1009 + 3, 600) is None
+
+
+def test_chunk_floors_that_drift_apart_from_their_mean_are_not_growth():
+    """A plateau at 90% whose noise narrows from 2.5% to 1% of the limit over half an hour: the chunks' deepest
+    dips rise while their mean stays put. Aborted in 7 of these 8 seeds before the means had to rise too."""
+    def run(seed):
+        rng, guard, limit, t = random.Random(seed), MemoryGuard(), 40 * GIB, 20.0
+        while t < 3600:
+            sigma = 0.025 - 0.015 * min(1.0, max(0.0, (t - 600) / 1800))
+            used = int(limit * (0.9 + rng.gauss(0, sigma)))
+            if used < limit and guard.observe("gpu0", int(t), t, used, limit).action == "abort":
+                return t
+            t += 2.0
+        return None
+
+    hits = [run(seed) for seed in range(8)]
+    assert hits == [None] * 8, hits
+
+
 def test_a_run_settling_after_a_slow_start_near_the_limit_is_not_aborted():
     # the allocator grows into a working set 3% below the limit for 4 minutes
     level = lambda t: 38.8 * GIB * (1 - 0.8 * math.exp(-t / 70.0))  # noqa: E731

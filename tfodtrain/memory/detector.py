@@ -6,7 +6,8 @@ reach the limit at that pace. Only past readings are used. Standard library only
 How it tells a leak from what healthy long runs do:
 
 * Start-up: readings are discounted while the floor still rises after a fast start, for two
-  minutes at most (see ``TrendDetector``); readings of an explicit ``warmup_s`` are ignored (none
+  minutes at most (see ``TrendDetector``); it ends sooner only when the readings show the floor
+  flat, not merely fail to show a rise. Readings of an explicit ``warmup_s`` are ignored (none
   by default). Fast windows of seconds-long chunks look for a new linear regime (fast leaks).
 * Readings are grouped into chunks of fixed duration; a chunk keeps its minimum (the floor) and
   its maximum. The floor ignores evaluation spikes and short sawtooth peaks.
@@ -16,7 +17,8 @@ How it tells a leak from what healthy long runs do:
   of the window to the next by comparable amounts. One step raises at most two of the three;
   a leak, a staircase leak with several stairs or an accelerating leak raise all three. A cache
   that fills and levels off stops rising. And the floors must rise by ``LONG_RISE_SIGMAS`` of
-  their own scatter: a plateau refitted for days drifts significantly by chance now and then.
+  their own scatter, and the chunks' mean readings with them: a plateau refitted for days drifts
+  significantly by chance now and then.
 * Several windows run side by side (by default 24 chunks of 1, 4 and 16 minutes: 24 minutes,
   1.6 hours and 6.4 hours). Short windows react to fast and late leaks; long ones see slow
   leaks, rare stairs and rare spikes. The growing window that runs out first speaks.
@@ -53,6 +55,8 @@ DEFAULT_CHUNK_SECONDS = (60.0, 240.0, 960.0)  # long windows: 24 min, 1.6 h, 6.4
 DEFAULT_FAST_CHUNK_SECONDS = (5.0, 20.0)  # fast windows: the last 6, 12 and 24 chunks of 5 s and of 20 s
 DEFAULT_WINDOW_CHUNKS = 24
 DEFAULT_STARTUP_S = 120.0  # the start-up discount ends when the floor stops rising, at the latest here
+STARTUP_FLAT = 0.02  # the start-up ends early only when its readings bound the rise left to this share of the limit
+SETTLE_F = 3.84  # curves that fit within this F statistic (95%, one parameter) of the best are as plausible
 SETTLING_S = 600.0  # how long into a run a rise that levels off below the limit may be taken for the start
 SETTLE_BIN_S = 5.0  # the first SETTLING_S of readings, averaged in bins of this many seconds, for that fit
 SETTLE_TAUS = tuple(10.0 * 1.25 ** k for k in range(13))  # time constants tried: 10 s to ~2.4 min (the last one: no bend)
@@ -60,6 +64,7 @@ SEGMENTS = 4  # the floor must rise from each quarter of a window to the next to
 NOISE_PEAK_Z = 3.0  # a fast window's peaks reach at least this many noise sigmas above its trend
 FAST_RISE_SIGMAS = 6.0  # a 6-chunk fast window's rise, in reading-noise sigmas, to count as a regime (less when longer)
 FAST_ALPHA = 0.01  # Mann-Kendall level of a fast window: its rise and confirmations carry the rest
+LONG_MEAN_ALPHA = 0.01  # a long window's chunk means must rise too (Mann-Kendall at this level)
 LONG_RISE_SIGMAS = 3.0  # a long window's rise, in sigmas of its floors' scatter around the line, to count as growth
 FAST_REACH_S = 10800.0  # a fast window fits only growth that would reach the limit within this (6 x warn horizon)
 FAST_CONFIRMATIONS = 3  # fits in a row (on successive chunks) in which a fast window must see growth,
@@ -114,15 +119,17 @@ class _Chunk:
     max_used: int
     max_time: float
     count: int = 1
+    total: float = 0.0  # sum of the readings (their mean: a chance drift of the floors leaves it be)
     back: List[float] = field(default_factory=list, repr=False)  # fast windows: slopes from earlier chunks, nearest first
 
     @classmethod
     def start(cls, key: int, step: int, time_s: float, used: int) -> "_Chunk":
-        return cls(key, step, time_s, step, time_s, used, time_s, used, time_s)
+        return cls(key, step, time_s, step, time_s, used, time_s, used, time_s, total=float(used))
 
     def add(self, step: int, time_s: float, used: int) -> None:
         self.last_step, self.last_time = step, time_s
         self.count += 1
+        self.total += used
         if used < self.min_used:
             self.min_used, self.min_time = used, time_s
         if used > self.max_used:
@@ -149,6 +156,8 @@ class _Trend:
     fast: bool = False  # fitted by a fast window
     stair: float = 0.0  # long: the part of the headroom that is the next stair's height
     peak_level: float = math.inf  # long: the highest readings, carried to last_time (see fit_trend)
+    peak_level_fast: float = math.inf  # long: the same, carried at the faster of the two paces
+    mean_p: float = 1.0  # long: Mann-Kendall p of the chunks' mean readings
 
     def floor_at(self, time_s: float) -> float:
         """The floor at ``time_s``: on the line up to the window's last chunk, then onwards at the
@@ -399,11 +408,16 @@ def fit_trend(chunks: Sequence[_Chunk], min_chunks: int, sustain_ratio: float, s
     # half's pace (a cache that stopped filling keeps its peaks where they were)
     carry = min(slope, recent_slope)
     peak_level = math.inf if fast else max(c.max_used + carry * (last_time - c.max_time) for c in chunks)
+    # and at the faster of the two (for a window whose recent half rises faster: see _headroom)
+    carry = max(slope, recent_slope)
+    peak_level_fast = math.inf if fast else max(c.max_used + carry * (last_time - c.max_time) for c in chunks)
     return _Trend(slope, slope_low, min(intercept, recent_floor), mann_kendall_p(ys, slopes), sustained,
                   headroom=max(0.0, peaks) + max(0.0, stair),
                   seconds_per_step=seconds / steps if steps > 0 else 0.0, summary=summary,
                   recent_slope=recent_slope, sigma=sigma, first_time=chunks[0].first_time, settle_s=settle_s,
-                  last_time=last_time, fast=fast, stair=max(0.0, stair), peak_level=peak_level)
+                  last_time=last_time, fast=fast, stair=max(0.0, stair), peak_level=peak_level,
+                  peak_level_fast=peak_level_fast,
+                  mean_p=1.0 if fast else mann_kendall_p([c.total / c.count for c in chunks]))
 
 
 def _kept_slopes(chunks: Sequence[_Chunk]) -> List[float]:
@@ -553,6 +567,7 @@ class TrendDetector:
         self._first: Optional[Tuple[int, float]] = None  # (step, time) of the first reading
         self._last: Optional[Tuple[int, float]] = None
         self._startup: Optional[List[int]] = []  # readings of the start-up; None once it is over
+        self._startup_times: List[float] = []
         self._startup_end: Optional[float] = None
         self._early: List[List[float]] = []  # bins of the first SETTLING_S: [key, sum of times, sum of used, count]
         self._saturation: Tuple[int, bool] = (-1, False)  # (bins when judged, whether they level off below the limit)
@@ -609,24 +624,45 @@ class TrendDetector:
     def _in_startup(self, time_s: float, used: int, limit: int) -> bool:
         """The start-up discount, on evidence in the readings alone: it ends when the last quarter
         of its readings (at least 3) sets no new high above the earlier ones by more than 0.5% of
-        the limit and the last half (at least 8) shows no significant rise (Mann-Kendall, p > 0.05:
-        noisy readings may miss a new high on a ramp), or after ``startup_s``."""
+        the limit, the last half (at least 8) shows no significant rise (Mann-Kendall, p > 0.05:
+        noisy readings may miss a new high on a ramp) and is shown to be flat (``_shown_flat``),
+        or after ``startup_s``."""
         if self._startup is None:
             return False
         self._startup.append(used)
+        self._startup_times.append(time_s)
         readings = self._startup
         over = time_s >= self._startup_cap()
         if not over and len(readings) >= 8:
             recent = max(3, len(readings) // 4)
+            half = max(8, len(readings) // 2)
             over = max(readings[-recent:]) <= max(readings[:-recent]) + 0.005 * max(limit, 0) \
-                and mann_kendall_p(readings[-max(8, len(readings) // 2):]) > 0.05
+                and mann_kendall_p(readings[-half:]) > 0.05 \
+                and self._shown_flat(self._startup_times[-half:], readings[-half:], limit)
         if over:
-            self._startup = None
+            self._startup, self._startup_times = None, []
             self._startup_end = time_s
             for window in self.windows:
                 window.judged_from = time_s
             return False
         return True
+
+    def _shown_flat(self, times: Sequence[float], used: Sequence[int], limit: int) -> bool:
+        """No significant rise is not yet flatness: a few noisy readings on a ramp miss it by chance.
+        The readings must also bound their pace: at the upper end of its confidence interval
+        (least squares, two standard errors), the floor would rise by at most ``STARTUP_FLAT``
+        of the limit over ``startup_s``."""
+        if limit <= 0:
+            return True
+        n = len(times)
+        mean_t, mean_y = sum(times) / n, sum(used) / n
+        sxx = sum((t - mean_t) ** 2 for t in times)
+        if sxx <= 0:
+            return False
+        slope = sum((t - mean_t) * (y - mean_y) for t, y in zip(times, used)) / sxx
+        sse = sum((y - mean_y - slope * (t - mean_t)) ** 2 for t, y in zip(times, used))
+        upper = slope + 2.0 * math.sqrt(sse / (n - 2) / sxx)
+        return upper * self.startup_s <= STARTUP_FLAT * limit
 
     def _assess(self, base: Assessment) -> Assessment:
         # Rank the windows cheaply first; build the full assessment only for the one that speaks.
@@ -659,9 +695,12 @@ class TrendDetector:
                 else:
                     # Long windows are fitted again at every chunk for days: a chance drift of a
                     # plateau passes the test now and then, so the floors must also rise clearly
-                    # out of their own scatter (harmless elsewhere, fatal on a plateau near its limit).
+                    # out of their own scatter (harmless elsewhere, fatal on a plateau near its limit),
+                    # and the chunks' mean readings must rise with them (the deepest dips of noisy
+                    # readings drift by chance apart from their mean; a leak lifts both).
                     growing = trend.p_value <= self.alpha and trend.sustained and trend.slope_low_per_s > 0 \
-                        and trend.slope_per_s * trend.summary["span_s"] >= LONG_RISE_SIGMAS * trend.sigma
+                        and trend.slope_per_s * trend.summary["span_s"] >= LONG_RISE_SIGMAS * trend.sigma \
+                        and trend.mean_p <= LONG_MEAN_ALPHA
                 if growing:
                     noise = noise if noise is not None else self._reading_noise(base.limit_bytes)
                 seconds = self._seconds_to_limit(trend, base, self._headroom(window, trend, noise)) \
@@ -712,12 +751,12 @@ class TrendDetector:
 
     @staticmethod
     def _curve_levels_off(ts: Sequence[float], ys: Sequence[float], limit: float, noise: float) -> bool:
-        """Whether the best fit bends over within the time constants tried (an allocator's or a first
-        evaluation's rise, not a leak's line) to a level two noise sigmas below ``limit``, with the
-        latest bins on the curve and rising no faster than it (their Theil-Sen slope at most twice
-        the curve's, or a rise within the noise)."""
+        """Whether a fit about as good as the best (the one with the lowest level) bends over within
+        the time constants tried (an allocator's or a first evaluation's rise, not a leak's line) to a
+        level two noise sigmas below ``limit``, with the latest bins on the curve and rising no faster
+        than it (their Theil-Sen slope at most twice the curve's, or a rise within the noise)."""
         n, t0 = len(ts), ts[0]
-        best = None
+        fits = []
         for tau in SETTLE_TAUS:
             xs = [math.exp(-(t - t0) / tau) for t in ts]
             sx, sy = sum(xs), sum(ys)
@@ -728,25 +767,31 @@ class TrendDetector:
             b = (n * sxy - sx * sy) / den
             a = (sy - b * sx) / n
             residuals = [y - a - b * x for x, y in zip(xs, ys)]
-            sse = sum(r * r for r in residuals)
-            if best is None or sse < best[0]:
-                best = (sse, tau, a, b, residuals)
-        if best is None:
+            fits.append((sum(r * r for r in residuals), tau, a, b, residuals))
+        if not fits or n <= 3:
             return False
-        _, tau, level, b, residuals = best
-        if b >= 0 or tau >= SETTLE_TAUS[-1]:
-            return False  # no rise, or one that does not bend over within the grid: not levelling off
+        # The time constant, and with it the level, is the least sure part of the fit: of the rises
+        # that bend over within the grid and fit about as well as the best (within the 95% bound of
+        # a one-parameter F test), the one with the lowest level is judged. None: no rise, or one
+        # that does not bend over (a leak's line).
+        best_sse = min(fit[0] for fit in fits)
+        recent = max(3, n // 4)
+        third = max(4, n // 3)
+        pace = theil_sen_slope(ts[-third:], ys[-third:])[0]
+        middle = _median_sorted(ts[-third:])
+        plausible = [fit for fit in fits if fit[0] <= best_sse * (1.0 + SETTLE_F / (n - 3))
+                     and fit[3] < 0 and fit[1] < SETTLE_TAUS[-1]]
+        if not plausible:
+            return False
+        _, tau, level, b, residuals = min(plausible, key=lambda fit: fit[2])  # the lowest level
         if level + 2.0 * noise >= limit:  # readings around that level would reach the limit
             return False
         # a sawtooth's phase moves bin averages by up to half its height: allow 1% of the limit
-        recent = max(3, n // 4)
         if _median(residuals[-recent:]) > max(noise, 0.01 * limit):
             return False
-        # and the latest bins must be slowing down as the curve does: a climb that keeps its pace
-        # (a leak after a fast start) rises clearly faster than the curve's slope there
-        third = max(4, n // 3)
-        pace = theil_sen_slope(ts[-third:], ys[-third:])[0]
-        curve_slope = -b / tau * math.exp(-(_median_sorted(ts[-third:]) - t0) / tau)
+        # and the latest bins must be slowing down as the curve does: a climb that keeps its
+        # pace (a leak after a fast start) rises clearly faster than the curve's slope there
+        curve_slope = -b / tau * math.exp(-(middle - t0) / tau)
         return pace <= 2.0 * curve_slope or pace * (ts[-1] - ts[-third]) <= noise
 
     def _reading_noise(self, limit: int) -> float:
@@ -799,12 +844,14 @@ class TrendDetector:
         peaks and stairs plus one noise sigma (the next hours' readings may reach a little higher
         than the last hours' did). A long window's peaks above their local floors overstate the band
         of noisy readings (a chunk's floor is its deepest dip): they count no higher than the window's
-        highest readings, carried to now, plus half a noise sigma. Not in a window whose recent half
-        rises faster than its line (accelerating): there the peaks ride a floor that outruns the line."""
+        highest readings, carried to now, plus half a noise sigma. In a window whose recent half rises
+        faster than its line (accelerating: the peaks ride a floor that outruns the line) they are
+        carried at the recent half's pace, and the observed peaks count in full."""
         if window.fast:
             return NOISE_PEAK_Z * noise
         if trend.recent_slope > trend.slope_per_s:
-            return trend.headroom + noise
+            return min(trend.headroom + noise,
+                       max(0.0, trend.peak_level_fast - trend.floor_at(trend.last_time) + 0.5 * noise) + trend.stair)
         peaks = trend.headroom - trend.stair
         observed = trend.peak_level - trend.floor_at(trend.last_time)
         return max(0.0, min(peaks + noise, observed + 0.5 * noise)) + trend.stair
