@@ -34,6 +34,8 @@ oom_step}}, the shared leak_traces contract), ``meta.json`` (plan and outcome of
 
     # on the GPU machine (PyTorch, torchvision, pynvml there):
     PYTHONPATH=. PYTHONUNBUFFERED=1 python3 scripts/gpu_torch_traces.py --out $OUT --wall 450
+    # a held-out set: every child's start, fill time, interval and cap drawn again from a seed
+    PYTHONPATH=. PYTHONUNBUFFERED=1 python3 scripts/gpu_torch_traces.py --out $OUT --wall 540 --seed 61
     # anywhere, no torch, no GPU: fake children on a fast clock, to check the plumbing
     PYTHONPATH=. python3 scripts/gpu_torch_traces.py --dry-run --out /tmp/dry --wall 30
 
@@ -117,6 +119,34 @@ PLAN = [
             kind="gpu_healthy_eval_spikes"),
     healthy("healthy_fcos_1", "fcos", 10, 2.0, 370),
 ]
+
+
+
+def reseeded(spec: dict[str, Any], seed: int) -> dict[str, Any]:
+    """The plan entry drawn again for ``--seed`` (0 keeps it): a held-out set of real traces.
+
+    Same model and kind; the reading interval, the cap (+-2 GiB), a leak's start (15-90 s) and
+    fill time (3-5.5 minutes), a stair leak's spacing and a healthy run's eval/big-batch spacing are
+    drawn from ``seed`` and the child's name, so a seed always gives the same plan.
+    """
+    if not seed:
+        return dict(spec)
+    rng = random.Random(zlib.crc32(f"{seed}:{spec['name']}".encode()))
+    out = dict(spec, seed=seed)
+    out["interval_s"] = rng.choice([0.5, 1.0, 1.5, 2.0, 3.0])
+    out["cap_gib"] = max(5, spec["cap_gib"] + rng.choice([-2, -1, 0, 1, 2]))
+    if spec["leak"]:
+        out["leak_start_s"] = round(rng.uniform(15, 90))
+        out["fill_s"] = round(rng.uniform(180, 330))
+        if spec["leak_mode"] == "stairs":
+            out["leak_every_s"] = round(rng.uniform(15, 40))
+    else:
+        if spec.get("eval_every_s"):
+            out["eval_every_s"] = round(rng.uniform(40, 90))
+        if spec.get("big_every_s"):
+            out["big_every_s"] = round(rng.uniform(30, 60))
+    return out
+
 
 WARMUP_STEPS = 3
 RATE_WINDOW_S = 12.0  # the step rate that sizes a leak is measured over this many seconds
@@ -396,7 +426,7 @@ def run_child(spec: dict[str, Any], workdir: Path, deadline_unix: float, dry: bo
         log_file.write(line + "\n")
         log_file.flush()
 
-    random.seed(zlib.crc32(name.encode()))
+    random.seed(zlib.crc32(name.encode()) + int(spec.get("seed", 0)))
     result: dict[str, Any] = {"name": name, "outcome": "error", "pid": os.getpid()}
     recorder = None
     try:
@@ -575,6 +605,9 @@ def main() -> int:
     parser.add_argument("--wall", type=float, default=450.0,
                         help="seconds from launch after which every child stops (default 450)")
     parser.add_argument("--only", default="", help="comma-separated child names (default: all 16)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="draw each child's start, fill time, interval and cap again from this "
+                             "seed (default 0: the fixed plan of tests/data/gpu_traces)")
     parser.add_argument("--dry-run", action="store_true",
                         help="fake children (no torch, no GPU) on a clock --time-scale times faster")
     parser.add_argument("--time-scale", type=float, default=20.0, help="for --dry-run (default 20)")
@@ -587,7 +620,7 @@ def main() -> int:
         spec = json.loads(args.child)
         return run_child(spec, Path(args.workdir), args.deadline, args.dry_run)
 
-    plan = [dict(s) for s in PLAN if not args.only or s["name"] in args.only.split(",")]
+    plan = [reseeded(s, args.seed) for s in PLAN if not args.only or s["name"] in args.only.split(",")]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     workdir = Path(os.environ.get("TMPDIR", "/tmp")) / f"gpu_torch_traces_{os.getpid()}"
@@ -632,7 +665,7 @@ def main() -> int:
 
     # -- collect --
     labels, meta = {}, {"made_by": "scripts/gpu_torch_traces.py", "dry_run": args.dry_run,
-                        "launch_unix": launch, "wall_s": args.wall, "children": {}}
+                        "launch_unix": launch, "wall_s": args.wall, "seed": args.seed, "children": {}}
     try:
         import torch
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tfodtrain.memory.replay import main as replay_main, pool_name
+from tfodtrain.memory.replay import main as replay_main, pool_name, replay_rows
 from tfodtrain.memory.traces import HEADER_LINE, TraceFormatError, TraceRow, TraceWriter, read_trace
 
 REPO = Path(__file__).resolve().parent.parent
@@ -50,6 +50,26 @@ def test_shared_traces_every_leak_caught_a_minute_ahead_no_healthy_aborted():
                            input=done.stdout, capture_output=True, text=True, timeout=60)
     assert score.returncode == 0, score.stdout
     assert score.stdout.strip().splitlines()[-1].startswith(f"caught={sum(l['leak'] for l in labels.values())}/")
+
+
+@pytest.mark.parametrize("folder", ["gpu_traces", "gpu_traces_seed61"])
+def test_real_gpu_traces_every_leak_caught_a_minute_ahead_no_healthy_aborted(folder):
+    # Real PyTorch trainings on an H200 (each folder's README); gpu_traces_seed61 was recorded after the
+    # guard's last change and replayed once before it was added here.
+    folder = REPO / "tests" / "data" / folder
+    labels = json.loads((folder / "labels.json").read_text())
+    assert sorted(labels) == sorted(p.name for p in folder.glob("*.csv"))
+    assert sum(label["leak"] for label in labels.values()) == 8
+    for name, label in sorted(labels.items()):
+        rows = list(read_trace(folder / name))
+        result = replay_rows(rows)
+        if not label["leak"]:
+            assert result["abort_step"] is None, (name, result)
+            continue
+        time_at = {row.step: row.time_s for row in rows}
+        assert result["abort_step"] is not None, (name, result)
+        lead_s = time_at[label["oom_step"]] - time_at[result["abort_step"]]
+        assert lead_s >= 60, (name, result, lead_s)
 
 
 @pytest.mark.parametrize("content, words", [
