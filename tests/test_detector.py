@@ -8,7 +8,7 @@ import random
 
 import pytest
 
-from tfodtrain.memory.detector import TrendDetector, _Chunk, fit_trend, mann_kendall_p, theil_sen_slope
+from tfodtrain.memory.detector import TrendDetector, _Chunk, _Spikes, fit_trend, mann_kendall_p, theil_sen_slope
 from tfodtrain.memory.guard import MemoryGuard
 from tfodtrain.memory.policy import Decision, GuardPolicy, GuardSettings
 from tfodtrain.memory.tracegen import generate_family_trace
@@ -262,6 +262,50 @@ def test_an_explicit_warm_up_is_ignored():
     detector = TrendDetector("gpu0", warmup_s=600)
     a = detector.update(10, 30.0, 5 * GIB, 40 * GIB)
     assert not a.ready and a.note == "warming up"
+
+
+def test_a_leak_that_dies_at_an_evaluation_spike_is_aborted_a_minute_ahead():
+    """A 20-minute leak on a run with an evaluation spike of 8% of the limit every 30 minutes dies at the
+    first spike that lands on its floor 2.6 GiB below the limit. The spikes seen in the last hours count as
+    headroom; with only the readings' noise as headroom it was aborted after its death."""
+    rng, guard = random.Random(7), MemoryGuard()
+    limit, base, rate, height = 32 * GIB, 16 * GIB, 0.8 * GIB / 60, 0.08 * 32 * GIB
+    leak_start = 3 * 3600.0
+    death_floor_s = leak_start + (limit - height - base) / rate  # when floor + spike reach the limit
+    t, abort = 0.0, None
+    while True:
+        t += 5.0
+        floor = base + rate * max(0.0, t - leak_start)
+        spike = height if (t - death_floor_s) % 1800.0 < 40.0 else 0.0
+        used = int(floor + spike + rng.gauss(0.0, 0.003 * limit))
+        if used >= limit:
+            break
+        if abort is None and guard.observe("gpu0", int(t), t, used, limit).action == "abort":
+            abort = t
+    assert abort is not None and t - abort >= 60.0, (abort, t)
+
+
+def _height(values, every=5.0):
+    spikes = _Spikes()
+    for i, used in enumerate(values):
+        spikes.add(i * every, int(used))
+    return spikes.height()
+
+
+def test_spike_heights_are_transient_excursions_not_growth_steps_or_a_sawtooth():
+    n = 2400  # 200 minutes of readings every 5 s
+    flat = [10 * GIB] * n
+    spike = [10 * GIB + (2 * GIB if 1000 <= i < 1008 else 0) for i in range(n)]  # 40 s up
+    step = [10 * GIB + (2 * GIB if i >= 1000 else 0) for i in range(n)]
+    leak = [10 * GIB + i * 8 * (1 << 20) for i in range(n)]  # 96 MiB a minute
+    saw = [10 * GIB + GIB * ((i * 5.0) % 600.0) / 600.0 for i in range(n)]  # 1 GiB teeth, 10 minutes each
+    assert _height(flat) == 0
+    assert abs(_height(spike) - 2 * GIB) < 1
+    assert _height(step) < 1
+    assert _height(leak) <= 0
+    assert _height(saw) <= 0.11 * GIB  # one minute of its ramp, not its whole tooth
+    # Two hours on, the spike is forgotten.
+    assert _height(spike + [10 * GIB] * 1500) == 0
 
 
 def test_window_never_exceeds_its_size():

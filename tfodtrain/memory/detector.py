@@ -69,6 +69,8 @@ LONG_RISE_SIGMAS = 3.0  # a long window's rise, in sigmas of its floors' scatter
 FAST_REACH_S = 10800.0  # a fast window fits only growth that would reach the limit within this (6 x warn horizon)
 FAST_CONFIRMATIONS = 3  # fits in a row (on successive chunks) in which a fast window must see growth,
 FAST_CONFIRM_S = 10.0  # or 2 fits this many seconds apart (sparse readings)
+SPIKE_BIN_S = 60.0  # a spike (an evaluation's 20-60 s) never fills two whole bins of this length
+SPIKE_MEMORY_S = 7200.0  # the spikes of the last two hours count as headroom of every growing window
 
 
 @dataclass
@@ -520,6 +522,43 @@ def _median(values: Sequence[float]) -> float:
     return float(ordered[mid]) if n % 2 else (ordered[mid - 1] + ordered[mid]) / 2.0
 
 
+class _Spikes:
+    """The highest spike of the last ``SPIKE_MEMORY_S``: evaluations come every 20-40 minutes, so a
+    window often holds none, and a leak dies at the next one before its floor reaches the limit.
+
+    A ``SPIKE_BIN_S`` bin's spike height is its highest reading above the higher of its neighbours'
+    lowest (a step up or steady growth lifts the next bin's floor with it; a spike comes back down),
+    and no more than its rise above the previous bin's highest (a GC sawtooth counts one bin of its
+    slow ramp, not its whole tooth). Cost: one comparison per reading, one per bin."""
+
+    def __init__(self) -> None:
+        self.bins: Deque[List[float]] = deque(maxlen=3)  # [key, low, high, last time]
+        self.excess: Deque[Tuple[float, float]] = deque()  # (time, height)
+        self._height: Optional[float] = None
+
+    def add(self, time_s: float, used: int) -> None:
+        key = int(time_s // SPIKE_BIN_S)
+        if self.bins and self.bins[-1][0] == key:
+            b = self.bins[-1]
+            b[1], b[2], b[3] = min(b[1], used), max(b[2], used), time_s
+            return
+        if len(self.bins) == 3:  # the middle bin has both neighbours now
+            before, middle, after = self.bins
+            height = min(middle[2] - max(before[1], after[1]), middle[2] - before[2])
+            self.excess.append((middle[3], height))
+            self._height = None
+        self.bins.append([key, used, used, time_s])
+        while self.excess and self.excess[0][0] < time_s - SPIKE_MEMORY_S:
+            self.excess.popleft()
+            self._height = None
+
+    def height(self) -> float:
+        """The highest spike remembered, in bytes (0 when none)."""
+        if self._height is None:
+            self._height = max([h for _, h in self.excess] + [0.0])
+        return self._height
+
+
 class TrendDetector:
     """Online trend detector for one memory pool; call ``update`` with every reading.
 
@@ -574,6 +613,7 @@ class TrendDetector:
         self._differences: Deque[int] = deque(maxlen=64)  # reading-to-reading changes (the noise)
         self._previous_used: Optional[int] = None
         self._noise_at: Tuple[Optional[Tuple[int, int]], float] = (None, 0.0)  # (readings, limit) -> noise
+        self._spikes = _Spikes()
 
     def update(self, step: int, time_s: float, used_bytes: int, limit_bytes: int) -> Assessment:
         """Add one reading and assess the pool from everything seen so far."""
@@ -610,6 +650,8 @@ class TrendDetector:
                 window.noise, window.limit = noise, limit_bytes
         for window in self.windows:
             window.add(step, time_s, used_bytes)
+        if time_s - self._first[1] >= SETTLING_S:  # the start's rise is no spike
+            self._spikes.add(time_s, used_bytes)
         if self.readings < self.min_readings:
             base.note = f"{self.readings} of {self.min_readings} readings after the start-up"
             return base
@@ -703,7 +745,7 @@ class TrendDetector:
                         and trend.mean_p <= LONG_MEAN_ALPHA
                 if growing:
                     noise = noise if noise is not None else self._reading_noise(base.limit_bytes)
-                seconds = self._seconds_to_limit(trend, base, self._headroom(window, trend, noise)) \
+                seconds = self._seconds_to_limit(trend, base, self._room_above(window, trend, noise)) \
                     if growing else math.inf
                 key = (not growing, seconds, trend.p_value)  # growing first, then the sooner, then surer
                 if best_key is None or key < best_key:
@@ -717,7 +759,7 @@ class TrendDetector:
                 return base
             base.note = "not enough history for a trend yet"
             return base
-        headroom = self._headroom(*best, noise if noise is not None else self._reading_noise(base.limit_bytes))
+        headroom = self._room_above(*best, noise if noise is not None else self._reading_noise(base.limit_bytes))
         return self._assessment(base, *best, growing=not best_key[0], seconds=best_key[1], headroom=headroom)
 
     def _levels_off(self, limit: int, noise: float) -> bool:
@@ -836,6 +878,10 @@ class TrendDetector:
         """The reading now must not fall well below a fast window's line: the top of a spike, or
         a step that is over, bends away from it at once; a leak's readings keep to it."""
         return base.used_bytes >= trend.floor_at(base.time_s) - NOISE_PEAK_Z * noise
+
+    def _room_above(self, window: _Window, trend: _Trend, noise: float) -> float:
+        """A growing window's headroom: its own, or the highest spike of the last two hours if higher."""
+        return max(self._headroom(window, trend, noise), self._spikes.height())
 
     @staticmethod
     def _headroom(window: _Window, trend: _Trend, noise: float) -> float:
