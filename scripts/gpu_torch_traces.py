@@ -121,7 +121,6 @@ PLAN = [
 ]
 
 
-
 def reseeded(spec: dict[str, Any], seed: int) -> dict[str, Any]:
     """The plan entry drawn again for ``--seed`` (0 keeps it): a held-out set of real traces.
 

@@ -288,7 +288,7 @@ def test_a_leak_that_dies_at_an_evaluation_spike_is_aborted_a_minute_ahead():
 def _height(values, every=5.0):
     spikes = _Spikes()
     for i, used in enumerate(values):
-        spikes.add(i * every, int(used))
+        spikes.add(i, i * every, int(used))
     return spikes.height()
 
 

@@ -529,25 +529,24 @@ class _Spikes:
     A ``SPIKE_BIN_S`` bin's spike height is its highest reading above the higher of its neighbours'
     lowest (a step up or steady growth lifts the next bin's floor with it; a spike comes back down),
     and no more than its rise above the previous bin's highest (a GC sawtooth counts one bin of its
-    slow ramp, not its whole tooth). Cost: one comparison per reading, one per bin."""
+    slow ramp, not its whole tooth). Cost: a few comparisons per reading, one height per bin."""
 
     def __init__(self) -> None:
-        self.bins: Deque[List[float]] = deque(maxlen=3)  # [key, low, high, last time]
+        self.bins: Deque[_Chunk] = deque(maxlen=3)
         self.excess: Deque[Tuple[float, float]] = deque()  # (time, height)
         self._height: Optional[float] = None
 
-    def add(self, time_s: float, used: int) -> None:
+    def add(self, step: int, time_s: float, used: int) -> None:
         key = int(time_s // SPIKE_BIN_S)
-        if self.bins and self.bins[-1][0] == key:
-            b = self.bins[-1]
-            b[1], b[2], b[3] = min(b[1], used), max(b[2], used), time_s
+        if self.bins and self.bins[-1].key == key:
+            self.bins[-1].add(step, time_s, used)
             return
         if len(self.bins) == 3:  # the middle bin has both neighbours now
             before, middle, after = self.bins
-            height = min(middle[2] - max(before[1], after[1]), middle[2] - before[2])
-            self.excess.append((middle[3], height))
+            height = min(middle.max_used - max(before.min_used, after.min_used), middle.max_used - before.max_used)
+            self.excess.append((middle.last_time, height))
             self._height = None
-        self.bins.append([key, used, used, time_s])
+        self.bins.append(_Chunk.start(key, step, time_s, used))
         while self.excess and self.excess[0][0] < time_s - SPIKE_MEMORY_S:
             self.excess.popleft()
             self._height = None
@@ -651,7 +650,7 @@ class TrendDetector:
         for window in self.windows:
             window.add(step, time_s, used_bytes)
         if time_s - self._first[1] >= SETTLING_S:  # the start's rise is no spike
-            self._spikes.add(time_s, used_bytes)
+            self._spikes.add(step, time_s, used_bytes)
         if self.readings < self.min_readings:
             base.note = f"{self.readings} of {self.min_readings} readings after the start-up"
             return base
@@ -817,10 +816,6 @@ class TrendDetector:
         # a one-parameter F test), the one with the lowest level is judged. None: no rise, or one
         # that does not bend over (a leak's line).
         best_sse = min(fit[0] for fit in fits)
-        recent = max(3, n // 4)
-        third = max(4, n // 3)
-        pace = theil_sen_slope(ts[-third:], ys[-third:])[0]
-        middle = _median_sorted(ts[-third:])
         plausible = [fit for fit in fits if fit[0] <= best_sse * (1.0 + SETTLE_F / (n - 3))
                      and fit[3] < 0 and fit[1] < SETTLE_TAUS[-1]]
         if not plausible:
@@ -829,11 +824,13 @@ class TrendDetector:
         if level + 2.0 * noise >= limit:  # readings around that level would reach the limit
             return False
         # a sawtooth's phase moves bin averages by up to half its height: allow 1% of the limit
-        if _median(residuals[-recent:]) > max(noise, 0.01 * limit):
+        if _median(residuals[-max(3, n // 4):]) > max(noise, 0.01 * limit):
             return False
         # and the latest bins must be slowing down as the curve does: a climb that keeps its
         # pace (a leak after a fast start) rises clearly faster than the curve's slope there
-        curve_slope = -b / tau * math.exp(-(middle - t0) / tau)
+        third = max(4, n // 3)
+        pace = theil_sen_slope(ts[-third:], ys[-third:])[0]
+        curve_slope = -b / tau * math.exp(-(_median_sorted(ts[-third:]) - t0) / tau)
         return pace <= 2.0 * curve_slope or pace * (ts[-1] - ts[-third]) <= noise
 
     def _reading_noise(self, limit: int) -> float:
