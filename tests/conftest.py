@@ -1,6 +1,6 @@
 """Fixtures: the shapes-data cache, one trained smoke run per session, a TensorBoard server over it, and the
 long runs of helpers/shared_runs.py (leak_demo's leaks, the supervised smoke run), started side by side when
-the session starts and shared.
+the session starts and shared; the tests that read them run after all the others.
 
 Helpers the tests import live in tests/helpers/ (`from helpers.cli import run_cli`). Every test that
 trains is marked `slow`; a test that asks for a training fixture without the mark stops collection.
@@ -26,6 +26,10 @@ def pytest_collection_modifyitems(config, items):
                 and item.get_closest_marker("slow") is None]
     if unmarked:
         raise pytest.UsageError("these tests train (through a training fixture) and are not marked slow: " + ", ".join(unmarked))
+    # The tests that read a shared run come last: the runs start with the session and mostly wait on a
+    # leak's pace, so the other tests use that time instead of waiting for them (stable: file order kept).
+    shared = set(RUNS) | set(RESUMES)
+    items.sort(key=lambda item: bool(shared & set(getattr(item, "fixturenames", ()))))
 
 
 @pytest.fixture(scope="session")
