@@ -285,6 +285,59 @@ def test_a_leak_that_dies_at_an_evaluation_spike_is_aborted_a_minute_ahead():
     assert abort is not None and t - abort >= 60.0, (abort, t)
 
 
+def _staircase(height, every_stair, seed, limit=40 * GIB, start=3 * 3600.0):
+    """(abort time, death time) of a run whose floor steps up by ``height`` of the limit every
+    ``every_stair`` seconds from ``start`` (readings every 5 s, noise 0.5% of the limit)."""
+    rng, guard, t, abort = random.Random(seed), MemoryGuard(), 0.0, None
+    while True:
+        t += 5.0
+        stairs = int((t - start) // every_stair) + 1 if t >= start else 0
+        used = int(limit * (0.6 + height * stairs + rng.gauss(0, 0.005)))
+        if used >= limit:
+            return abort, t
+        if abort is None and guard.observe("gpu0", int(t), t, used, limit).action == "abort":
+            abort = t
+
+
+def test_a_staircase_whose_stairs_are_rarer_than_a_windows_quarter_is_aborted_before_its_last_stair():
+    """Stairs of 8% of the limit every 15 minutes (memory kept at every evaluation): no long window's
+    quarters each hold a stair until the hour-long one has seen five, and the run dies at its fifth.
+    Found stair by stair, the staircase is projected to die at its next stair; before, these were
+    aborted 10 s, 5 s and never before their death."""
+    for seed in range(3):
+        abort, death = _staircase(0.08, 900.0, seed)
+        assert abort is not None and death - abort >= 60.0, (seed, abort, death)
+
+
+def test_a_long_evaluation_that_comes_back_down_is_no_staircase():
+    """An evaluation that holds 25% more of the limit for 5 minutes every 20 minutes rises like a
+    regular stair each time; but it comes back down, and a staircase never steps down. Without that
+    rule all three seeds were aborted (the evaluations' height counted as the next stair)."""
+    def run(seed, limit=40 * GIB):
+        rng, guard, t = random.Random(seed), MemoryGuard(), 0.0
+        while t < 8 * 3600:
+            t += 5.0
+            evaluating = t > 1800 and t % 1200.0 < 300.0
+            used = int(limit * (0.6 + (0.25 if evaluating else 0.0) + rng.gauss(0, 0.005)))
+            if guard.observe("gpu0", int(t), t, used, limit).action == "abort":
+                return t
+        return None
+
+    assert [run(seed) for seed in range(3)] == [None] * 3
+
+
+def test_the_abort_of_a_staircase_says_its_stairs():
+    guard, limit, t = MemoryGuard(), 40 * GIB, 0.0
+    while True:
+        t += 5.0
+        stairs = int((t - 3 * 3600) // 900) + 1 if t >= 3 * 3600 else 0
+        decision = guard.observe("gpu0", int(t), t, int(limit * (0.6 + 0.08 * stairs)), limit)
+        if decision.action == "abort":
+            break
+    assert decision.assessment.window["stair_every_s"] == pytest.approx(900, abs=60)
+    assert "memory grows in stairs of 3.20 GiB every 15 min" in decision.reason, decision.reason
+
+
 def _height(values, every=5.0):
     spikes = _Spikes()
     for i, used in enumerate(values):

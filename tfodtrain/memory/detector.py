@@ -19,6 +19,9 @@ How it tells a leak from what healthy long runs do:
   that fills and levels off stops rising. And the floors must rise by ``LONG_RISE_SIGMAS`` of
   their own scatter, and the chunks' mean readings with them: a plateau refitted for days drifts
   significantly by chance now and then.
+* Staircases (memory kept once per evaluation): stairs are also found one by one (``_Stairs``);
+  three regular stairs that never step down are projected to die at the next stair that would
+  cross the limit.
 * Several windows run side by side (by default 24 chunks of 1, 4 and 16 minutes: 24 minutes,
   1.6 hours and 6.4 hours). Short windows react to fast and late leaks; long ones see slow
   leaks, rare stairs and rare spikes. The growing window that runs out first speaks.
@@ -71,6 +74,11 @@ FAST_CONFIRMATIONS = 3  # fits in a row (on successive chunks) in which a fast w
 FAST_CONFIRM_S = 10.0  # or 2 fits this many seconds apart (sparse readings)
 SPIKE_BIN_S = 60.0  # a spike (an evaluation's 20-60 s) never fills two whole bins of this length
 SPIKE_MEMORY_S = 7200.0  # the spikes of the last two hours count as headroom of every growing window
+STAIR_BIN_S = 30.0  # stairs: bins of this length, three each side of a jump (90 s: longer than any spike)
+STAIR_SIDE = 3  # bins each side of a stair, all above (after) or below (before) it
+STAIR_SIGMAS = 4.0  # a stair rises by at least this many reading-noise sigmas (and 1% of the limit)
+STAIR_REGULAR = 1.5  # the last three stairs: gaps and heights within this ratio of each other
+STAIR_HISTORY = 200  # bins kept for the excursions above the stairs (100 minutes)
 
 
 @dataclass
@@ -558,6 +566,95 @@ class _Spikes:
         return self._height
 
 
+class _Stairs:
+    """A staircase leak (memory held once per evaluation, every few minutes): the floor steps up by
+    about the same height at about the same interval, and the run dies at the stair that crosses the
+    limit. A window's line and its quarters judge stairs that are rare within it badly (a quarter
+    may hold none), so the stairs are found one by one and projected as stairs.
+
+    A stair is a jump of the floor between two runs of ``STAIR_SIDE`` bins of ``STAIR_BIN_S``, each
+    run flat within half the jump (a ramp, a cache filling, is not flat; a spike is shorter than a
+    run). Three stairs whose gaps and heights agree within ``STAIR_REGULAR`` make a staircase; it
+    is projected to die at its next stair when the level now, plus the smallest of their heights,
+    plus the highest the readings went above their stair's level since the first of them, reaches
+    the limit. A stair overdue by half a gap ends the staircase (an allocator's stairs stop).
+    Cost: a few comparisons per reading; a bin's close looks at seven bins."""
+
+    def __init__(self) -> None:
+        self.bins: Deque[_Chunk] = deque(maxlen=2 * STAIR_SIDE + 1)
+        self.history: Deque[Tuple[float, int, int]] = deque(maxlen=STAIR_HISTORY)  # closed bins: (time, min, max)
+        self.stairs: Deque[Tuple[float, float, float, float]] = deque(maxlen=3)  # (time, height, level after, before)
+        self.plan: Optional[dict] = None  # the staircase as of the last closed bin
+
+    def add(self, step: int, time_s: float, used: int, noise: float, limit: int) -> None:
+        key = int(time_s // STAIR_BIN_S)
+        if self.bins and self.bins[-1].key == key:
+            self.bins[-1].add(step, time_s, used)
+            return
+        if self.bins:
+            closed = self.bins[-1]
+            self.history.append((closed.last_time, closed.min_used, closed.max_used))
+            if len(self.bins) == self.bins.maxlen:
+                self._find_stair(noise, limit)
+            self.plan = self._plan(limit)
+        self.bins.append(_Chunk.start(key, step, time_s, used))
+
+    def _find_stair(self, noise: float, limit: int) -> None:
+        before = [b.min_used for b in list(self.bins)[:STAIR_SIDE]]
+        after = [b.min_used for b in list(self.bins)[STAIR_SIDE + 1:]]
+        jump = min(after) - max(before)
+        if jump < max(STAIR_SIGMAS * noise, 0.01 * max(limit, 0)) or \
+                max(after) - min(after) > jump / 2 or max(before) - min(before) > jump / 2:
+            return
+        at = self.bins[STAIR_SIDE].first_time
+        if self.stairs and at - self.stairs[-1][0] <= (STAIR_SIDE + 1) * STAIR_BIN_S:
+            return  # the same stair, seen again one bin later
+        self.stairs.append((at, _median(after) - _median(before), _median(after), _median(before)))
+
+    def _plan(self, limit: int) -> Optional[dict]:
+        """The staircase from the bins closed so far (see ``projection``), or None."""
+        if len(self.stairs) < 3 or limit <= 0:
+            return None
+        times, heights = [s[0] for s in self.stairs], [s[1] for s in self.stairs]
+        gaps = [b - a for a, b in zip(times, times[1:])]
+        # stair times are known to a bin: gaps may differ by two bins beyond the ratio
+        if max(gaps) > STAIR_REGULAR * min(gaps) + 2 * STAIR_BIN_S or max(heights) > STAIR_REGULAR * min(heights):
+            return None
+        gap = sum(gaps) / len(gaps)
+        # the level now: the floors of the bins closed since the last stair's flat run began
+        floors = [low for t, low, _ in self.history if t > times[-1] + STAIR_SIDE * STAIR_BIN_S]
+        level = _median(floors) if floors else self.stairs[-1][2]
+        # A staircase never steps down: each stair starts from where the one before it ended, and the
+        # level now holds the last one (a long evaluation goes up and comes back down).
+        height = min(heights)
+        ends = [s[2] for s in self.stairs]
+        starts = [s[3] for s in self.stairs][1:] + [level]
+        if any(start < end - height / 2 for start, end in zip(starts, ends)):
+            return None
+        # How high readings went above their stair's level: each bin since the first stair against
+        # the level after the stair it follows. The latest bins count too: the next stair, before it
+        # can be found (that needs the bins after it), rises above the level as an excursion.
+        excursion = 0.0
+        for t, _, high in self.history:
+            if t > times[0]:
+                reached = max(i for i, stair_time in enumerate(times) if stair_time < t)
+                excursion = max(excursion, high - (level if reached == len(times) - 1 else self.stairs[reached][2]))
+        if level + height + excursion < limit:
+            return None
+        span = [low for t, low, _ in self.history if t > times[0] - STAIR_SIDE * STAIR_BIN_S]
+        return {"due": times[-1] + gap, "first": times[0], "gap": gap, "height": height, "level": level,
+                "headroom": height + excursion, "p_value": mann_kendall_p(span), "n_bins": len(span)}
+
+    def projection(self, time_s: float) -> Optional[dict]:
+        """The staircase's death at its next stair (its plan, with ``seconds`` to it), or None: fewer
+        than three stairs, irregular ones, a next stair that would stay below the limit, or one
+        overdue by half a gap."""
+        plan = self.plan
+        if plan is None or time_s > plan["due"] + plan["gap"] / 2:
+            return None
+        return dict(plan, seconds=max(0.0, plan["due"] - time_s), span_s=time_s - plan["first"] + plan["gap"])
+
+
 class TrendDetector:
     """Online trend detector for one memory pool; call ``update`` with every reading.
 
@@ -613,6 +710,7 @@ class TrendDetector:
         self._previous_used: Optional[int] = None
         self._noise_at: Tuple[Optional[Tuple[int, int]], float] = (None, 0.0)  # (readings, limit) -> noise
         self._spikes = _Spikes()
+        self._stairs = _Stairs()
 
     def update(self, step: int, time_s: float, used_bytes: int, limit_bytes: int) -> Assessment:
         """Add one reading and assess the pool from everything seen so far."""
@@ -651,6 +749,7 @@ class TrendDetector:
             window.add(step, time_s, used_bytes)
         if time_s - self._first[1] >= SETTLING_S:  # the start's rise is no spike
             self._spikes.add(step, time_s, used_bytes)
+        self._stairs.add(step, time_s, used_bytes, self._reading_noise(limit_bytes), limit_bytes)
         if self.readings < self.min_readings:
             base.note = f"{self.readings} of {self.min_readings} readings after the start-up"
             return base
@@ -749,6 +848,9 @@ class TrendDetector:
                 key = (not growing, seconds, trend.p_value)  # growing first, then the sooner, then surer
                 if best_key is None or key < best_key:
                     best, best_key = (window, trend), key
+        stairs = self._stairs.projection(base.time_s)
+        if stairs is not None and (best_key is None or best_key[0] or stairs["seconds"] < best_key[1]):
+            return self._stair_assessment(base, stairs)
         if best is None:
             if any(w.fast and len(w.chunks) >= w.min_chunks for w in self.windows):
                 # Enough history, and no span worth a fit (none rises beyond the reading noise at a pace
@@ -920,6 +1022,23 @@ class TrendDetector:
             reach = trend.recent_slope * trend.settle_s
             return math.inf if left >= reach else -trend.settle_s * math.log(1.0 - left / reach)
         return left / slope
+
+    @staticmethod
+    def _stair_assessment(base: Assessment, stairs: dict) -> Assessment:
+        """A staircase that dies at its next stair (see ``_Stairs``)."""
+        a = Assessment(base.pool, base.step, base.time_s, base.used_bytes, base.limit_bytes, ready=True, growing=True)
+        a.slope_bytes_per_second = a.slope_low_bytes_per_second = stairs["height"] / stairs["gap"]
+        a.trend_p_value = stairs["p_value"]
+        a.trend_confidence = 1.0 - stairs["p_value"]
+        a.floor_bytes = int(stairs["level"])
+        a.peak_headroom_bytes = int(stairs["headroom"])
+        a.window_seconds = stairs["span_s"]
+        a.window = {"n_chunks": stairs["n_bins"], "span_s": round(stairs["span_s"], 2), "fast": False,
+                    "stairs": 3, "stair_bytes": int(stairs["height"]), "stair_every_s": round(stairs["gap"], 1)}
+        a.note = f"stairs of {stairs['height'] / (1 << 20):.0f} MiB every {stairs['gap']:.0f} s"
+        a.seconds_to_limit = stairs["seconds"]
+        a.projected_exhaustion_time_s = base.time_s + stairs["seconds"]
+        return a
 
     @staticmethod
     def _assessment(base: Assessment, window: _Window, trend: _Trend, growing: bool, seconds: float,

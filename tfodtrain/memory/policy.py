@@ -253,6 +253,8 @@ def describe(a: Assessment, horizon_s: float, horizon_name: str = "horizon") -> 
         return f"{a.pool}: memory grows ({p}); no limit known to project to"
     growth = f"{_bytes(a.slope_bytes_per_step)}/step" if a.slope_bytes_per_step else \
         f"{_bytes(a.slope_bytes_per_second * 60)}/min"
+    if a.window.get("stairs"):  # a staircase (see detector._Stairs): it dies at a stair
+        growth = f"in stairs of {_bytes(a.window['stair_bytes'])} every {_duration(a.window['stair_every_s'])}"
     at_step = f" at step {a.projected_exhaustion_step}" if a.projected_exhaustion_step is not None else ""
     return (f"{a.pool}: memory grows {growth} ({p}); projected to reach the {a.limit_bytes / GIB:.1f} GiB limit"
             f"{at_step} in {_duration(a.seconds_to_limit)} (< {_duration(horizon_s)} {horizon_name}); "
