@@ -204,26 +204,6 @@ def test_a_noisy_ramp_does_not_end_the_start_up_by_chance():
     assert hits == [None] * 6, [hit and hit[1] for hit in hits]
 
 
-def test_a_leak_right_after_a_fast_start_read_sparsely_is_not_taken_for_the_start_levelling_off():
-    """A start that levels off with a time constant of 40 s, then a leak from 120 s that fills the rest in 3
-    minutes, read every 10 s with noise of 2% of the limit. The readings fit best a rise that does not bend
-    over (the leak's line), and a slow bend nearly as well; the bend was judged, the fast windows held back,
-    and seed 0 was aborted only 50 s before the limit."""
-    def lead(seed, limit=32 * GIB):
-        rng, guard, t, abort = random.Random(seed), MemoryGuard(), 10.0, None
-        while True:
-            t += 10.0
-            level = 0.56 - 0.3 * math.exp(-t / 40.0) + 0.44 / 180.0 * max(0.0, t - 120.0)
-            used = int(limit * (level + rng.gauss(0, 0.02)))
-            if used >= limit:
-                return abort and t - abort
-            if abort is None and guard.observe("gpu0", int(t), t, used, limit).action == "abort":
-                abort = t
-
-    leads = [lead(seed) for seed in range(10)]
-    assert all(lead is not None and lead >= 60 for lead in leads), leads
-
-
 def family_abort(family: str, seed: int, until_s: float):
     """Time of the defaults' first abort on a generated family trace up to ``until_s``, or None."""
     trace = generate_family_trace(family, seed)

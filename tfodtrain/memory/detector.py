@@ -916,12 +916,8 @@ class TrendDetector:
         # The time constant, and with it the level, is the least sure part of the fit: of the rises
         # that bend over within the grid and fit about as well as the best (within the 95% bound of
         # a one-parameter F test), the one with the lowest level is judged. None: no rise, or one
-        # that does not bend over (a leak's line). A best fit that does not bend over within the grid
-        # is a leak's line too, however well a bend fits by the noise: after a fast start, a leak's
-        # first minute read sparsely fits a slow bend nearly as well.
-        best_sse, best_tau = min((fit[0], fit[1]) for fit in fits)
-        if best_tau >= SETTLE_TAUS[-1]:
-            return False
+        # that does not bend over (a leak's line).
+        best_sse = min(fit[0] for fit in fits)
         plausible = [fit for fit in fits if fit[0] <= best_sse * (1.0 + SETTLE_F / (n - 3))
                      and fit[3] < 0 and fit[1] < SETTLE_TAUS[-1]]
         if not plausible:
