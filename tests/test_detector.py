@@ -309,6 +309,25 @@ def test_a_staircase_whose_stairs_are_rarer_than_a_windows_quarter_is_aborted_be
         assert abort is not None and death - abort >= 60.0, (seed, abort, death)
 
 
+def test_a_staircase_whose_first_stair_falls_in_the_start_up_is_aborted_before_its_third():
+    """A leak from the run's start: stairs of 9% of the limit every 13 minutes, the first at 120 s on top of
+    the start's rise (so not found), read every 8 s. Two stairs are found before the one that kills; with three
+    needed, none of these seeds was aborted before its death."""
+    def lead(seed, limit=32 * GIB):
+        rng, guard, t, abort = random.Random(seed), MemoryGuard(), 10.0, None
+        while True:
+            t += 8.0
+            stairs = int((t - 120.0) // 780.0) + 1 if t >= 120.0 else 0
+            used = int(limit * (0.63 - 0.25 * math.exp(-t / 40.0) + 0.09 * stairs + rng.gauss(0, 0.01)))
+            if used >= limit:
+                return abort and t - abort
+            if abort is None and guard.observe("gpu0", int(t), t, used, limit).action == "abort":
+                abort = t
+
+    leads = [lead(seed) for seed in range(4)]
+    assert all(lead is not None and lead >= 60 for lead in leads), leads
+
+
 def test_a_long_evaluation_that_comes_back_down_is_no_staircase():
     """An evaluation that holds 25% more of the limit for 5 minutes every 20 minutes rises like a
     regular stair each time; but it comes back down, and a staircase never steps down. Without that

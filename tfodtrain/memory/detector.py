@@ -20,7 +20,7 @@ How it tells a leak from what healthy long runs do:
   their own scatter, and the chunks' mean readings with them: a plateau refitted for days drifts
   significantly by chance now and then.
 * Staircases (memory kept once per evaluation): stairs are also found one by one (``_Stairs``);
-  three regular stairs that never step down are projected to die at the next stair that would
+  two or three regular stairs that never step down are projected to die at the next stair that would
   cross the limit.
 * Several windows run side by side (by default 24 chunks of 1, 4 and 16 minutes: 24 minutes,
   1.6 hours and 6.4 hours). Short windows react to fast and late leaks; long ones see slow
@@ -77,7 +77,7 @@ SPIKE_MEMORY_S = 7200.0  # the spikes of the last two hours count as headroom of
 STAIR_BIN_S = 30.0  # stairs: bins of this length, three each side of a jump (90 s: longer than any spike)
 STAIR_SIDE = 3  # bins each side of a stair, all above (after) or below (before) it
 STAIR_SIGMAS = 4.0  # a stair rises by at least this many reading-noise sigmas (and 1% of the limit)
-STAIR_REGULAR = 1.5  # the last three stairs: gaps and heights within this ratio of each other
+STAIR_REGULAR = 1.5  # the last (up to) three stairs: gaps and heights within this ratio of each other
 STAIR_HISTORY = 200  # bins kept for the excursions above the stairs (100 minutes)
 
 
@@ -574,7 +574,8 @@ class _Stairs:
 
     A stair is a jump of the floor between two runs of ``STAIR_SIDE`` bins of ``STAIR_BIN_S``, each
     run flat within half the jump (a ramp, a cache filling, is not flat; a spike is shorter than a
-    run). Three stairs whose gaps and heights agree within ``STAIR_REGULAR`` make a staircase; it
+    run). The last two or three stairs, their gaps and heights agreeing within ``STAIR_REGULAR``, make a
+    staircase (two: the first stair of a leak that starts with the run falls inside the start-up); it
     is projected to die at its next stair when the level now, plus the smallest of their heights,
     plus the highest the readings went above their stair's level since the first of them, reaches
     the limit. A stair overdue by half a gap ends the staircase (an allocator's stairs stop).
@@ -613,7 +614,7 @@ class _Stairs:
 
     def _plan(self, limit: int) -> Optional[dict]:
         """The staircase from the bins closed so far (see ``projection``), or None."""
-        if len(self.stairs) < 3 or limit <= 0:
+        if len(self.stairs) < 2 or limit <= 0:
             return None
         times, heights = [s[0] for s in self.stairs], [s[1] for s in self.stairs]
         gaps = [b - a for a, b in zip(times, times[1:])]
@@ -642,12 +643,12 @@ class _Stairs:
         if level + height + excursion < limit:
             return None
         span = [low for t, low, _ in self.history if t > times[0] - STAIR_SIDE * STAIR_BIN_S]
-        return {"due": times[-1] + gap, "first": times[0], "gap": gap, "height": height, "level": level,
-                "headroom": height + excursion, "p_value": mann_kendall_p(span), "n_bins": len(span)}
+        return {"due": times[-1] + gap, "first": times[0], "gap": gap, "stairs": len(times), "height": height,
+                "level": level, "headroom": height + excursion, "p_value": mann_kendall_p(span), "n_bins": len(span)}
 
     def projection(self, time_s: float) -> Optional[dict]:
         """The staircase's death at its next stair (its plan, with ``seconds`` to it), or None: fewer
-        than three stairs, irregular ones, a next stair that would stay below the limit, or one
+        than two stairs, irregular ones, a next stair that would stay below the limit, or one
         overdue by half a gap."""
         plan = self.plan
         if plan is None or time_s > plan["due"] + plan["gap"] / 2:
@@ -1034,7 +1035,8 @@ class TrendDetector:
         a.peak_headroom_bytes = int(stairs["headroom"])
         a.window_seconds = stairs["span_s"]
         a.window = {"n_chunks": stairs["n_bins"], "span_s": round(stairs["span_s"], 2), "fast": False,
-                    "stairs": 3, "stair_bytes": int(stairs["height"]), "stair_every_s": round(stairs["gap"], 1)}
+                    "stairs": stairs["stairs"], "stair_bytes": int(stairs["height"]),
+                    "stair_every_s": round(stairs["gap"], 1)}
         a.note = f"stairs of {stairs['height'] / (1 << 20):.0f} MiB every {stairs['gap']:.0f} s"
         a.seconds_to_limit = stairs["seconds"]
         a.projected_exhaustion_time_s = base.time_s + stairs["seconds"]
