@@ -601,8 +601,8 @@ class _Stairs:
         self.bins.append(_Chunk.start(key, step, time_s, used))
 
     def _find_stair(self, noise: float, limit: int) -> None:
-        before = [b.min_used for b in list(self.bins)[:STAIR_SIDE]]
-        after = [b.min_used for b in list(self.bins)[STAIR_SIDE + 1:]]
+        floors = [b.min_used for b in self.bins]
+        before, after = floors[:STAIR_SIDE], floors[STAIR_SIDE + 1:]
         jump = min(after) - max(before)
         if jump < max(STAIR_SIGMAS * noise, 0.01 * max(limit, 0)) or \
                 max(after) - min(after) > jump / 2 or max(before) - min(before) > jump / 2:
