@@ -223,6 +223,34 @@ def test_a_start_that_levels_off_is_judged_by_the_lowest_level_that_fits_it_as_w
     assert family_abort("high_plateau", 4444 * 1009 + 3, 600) is None
 
 
+@pytest.mark.parametrize("seed", [12121 * 1009 + 5, 12323 * 1009 + 4])
+def test_a_slow_start_under_heavy_noise_is_not_held_to_a_pace_its_noise_allows(seed):
+    """Plateaus at 90% of the limit reached by a start with a time constant of about 90 s, under noise
+    of 3% of the limit (and a GC sawtooth): the last third of the start's bins rose 1-3%/min faster
+    than the curve, one and two standard errors of their pace, and the start was taken for a leak after
+    it and aborted at 6-9 minutes. Its pace must now exceed the curve's by three standard errors."""
+    assert family_abort("high_plateau", seed, 1800) is None
+
+
+def test_a_noisy_leak_that_continues_the_start_is_not_taken_for_a_start_with_a_step():
+    """A 3-minute leak from 2 minutes into the run, continuing the start's rise under noise of 3-4.5% of
+    the limit, read every 7.5 s. The start's fit is tried again without its largest jump (an evaluation
+    spike or a step on top of the rise): taken out, a rise of 7.5% of the limit between two readings, less
+    than two sigmas of their difference, left a ramp that bent over, and the leak was taken for the start
+    until 45 s before it died. A jump taken out must stand out of the noise."""
+    trace = generate_family_trace("leak_3min", 7272 * 1009 + 1)
+    abort = family_abort("leak_3min", 7272 * 1009 + 1, math.inf)
+    assert abort is not None and trace.rows[-1].time_s - abort >= 60.0, abort
+
+
+def test_the_tail_of_the_start_is_not_growth_to_the_long_windows():
+    """A plateau at 92% of 48 GiB under noise of 2.4% of the limit, reached by a start with a time
+    constant of about 90 s. The 24-minute window began after the start-up (2 minutes) and, when it
+    first held enough chunks at 14 minutes, fitted the start's tail as growth of 1%/min and aborted
+    it, "in 3 s". A start that levelled off in the first ten minutes is not in the long windows."""
+    assert family_abort("high_plateau", 12626 * 1009 + 4, 3 * 3600) is None
+
+
 def test_chunk_floors_that_drift_apart_from_their_mean_are_not_growth():
     """A plateau at 90% whose noise narrows from 2.5% to 1% of the limit over half an hour: the chunks' deepest
     dips rise while their mean stays put. Aborted in 7 of these 8 seeds before the means had to rise too."""
@@ -285,14 +313,14 @@ def test_a_leak_that_dies_at_an_evaluation_spike_is_aborted_a_minute_ahead():
     assert abort is not None and t - abort >= 60.0, (abort, t)
 
 
-def _staircase(height, every_stair, seed, limit=40 * GIB, start=3 * 3600.0):
+def _staircase(height, every_stair, seed, limit=40 * GIB, start=3 * 3600.0, every_s=5.0, noise=0.005):
     """(abort time, death time) of a run whose floor steps up by ``height`` of the limit every
-    ``every_stair`` seconds from ``start`` (readings every 5 s, noise 0.5% of the limit)."""
+    ``every_stair`` seconds from ``start`` (readings every ``every_s``, noise ``noise`` of the limit)."""
     rng, guard, t, abort = random.Random(seed), MemoryGuard(), 0.0, None
     while True:
-        t += 5.0
+        t += every_s
         stairs = int((t - start) // every_stair) + 1 if t >= start else 0
-        used = int(limit * (0.6 + height * stairs + rng.gauss(0, 0.005)))
+        used = int(limit * (0.6 + height * stairs + rng.gauss(0, noise)))
         if used >= limit:
             return abort, t
         if abort is None and guard.observe("gpu0", int(t), t, used, limit).action == "abort":
@@ -307,6 +335,35 @@ def test_a_staircase_whose_stairs_are_rarer_than_a_windows_quarter_is_aborted_be
     for seed in range(3):
         abort, death = _staircase(0.08, 900.0, seed)
         assert abort is not None and death - abort >= 60.0, (seed, abort, death)
+
+
+def test_stairs_under_heavy_noise_are_found_from_the_mean_of_their_bins():
+    """Stairs of 7% of the limit every 15 minutes under reading noise of 2% of the limit, read every
+    1.5 s: the lowest reading of a 30-s bin scatters by 1.2% of the limit, its mean by 0.5%. Judged
+    on the bins' lowest readings, against the reading noise, no stair stood out, and the run was
+    aborted at its fifth stair, 39-330 s before it died; judged on their means, the staircase is
+    projected to die at that stair and aborted three minutes before it."""
+    for seed in range(4):
+        abort, death = _staircase(0.07, 900.0, seed, every_s=1.5, noise=0.02)
+        assert abort is not None and death - abort >= 180.0, (seed, abort, death)
+
+
+def test_stairs_that_come_with_a_spike_are_found_from_the_bins_lowest_readings():
+    """Stairs of 8% of the limit every 2 minutes from 30 minutes into the run, under a GC sawtooth and
+    evaluation spikes: the first bins after each stair read higher than the ones after them, which breaks
+    the flat run of the bins' means, while their lowest readings stay flat. Found on the means alone, the
+    staircase was missed."""
+    trace = generate_family_trace("staircase_leak", 6363 * 1009 + 4)
+    abort = family_abort("staircase_leak", 6363 * 1009 + 4, math.inf)
+    assert abort is not None and trace.rows[-1].time_s - abort >= 60.0, abort
+
+
+def test_a_cache_filling_between_two_jumps_is_no_staircase():
+    """A cache that fills 28% of the limit in 25 minutes, 17 hours into the run, under noise of 2% of the
+    limit: the start and the end of its fill each passed for a stair of 2-3% between flat bins, 22 minutes
+    apart, and the ramp between them counted as the readings' excursion above the first stair, so the
+    "staircase" was projected past the limit at its next stair. A staircase is flat between its stairs."""
+    assert family_abort("cache_fill", 4242 * 1009, 62000) is None
 
 
 def test_a_staircase_whose_first_stair_falls_in_the_start_up_is_aborted_before_its_third():

@@ -62,6 +62,8 @@ STARTUP_FLAT = 0.02  # the start-up ends early only when its readings bound the 
 SETTLE_F = 3.84  # curves that fit within this F statistic (95%, one parameter) of the best are as plausible
 SETTLING_S = 600.0  # how long into a run a rise that levels off below the limit may be taken for the start
 SETTLE_BIN_S = 5.0  # the first SETTLING_S of readings, averaged in bins of this many seconds, for that fit
+SETTLE_PACE_Z = 3.0  # the latest bins' pace must exceed the settling curve's by this many standard errors
+SETTLE_JUMP_Z = 3.0  # a jump taken out of the start's bins stands out of their noise by this many sigmas
 SETTLE_TAUS = tuple(10.0 * 1.25 ** k for k in range(13))  # time constants tried: 10 s to ~2.4 min (the last one: no bend)
 SEGMENTS = 4  # the floor must rise from each quarter of a window to the next to be sustained
 NOISE_PEAK_Z = 3.0  # a fast window's peaks reach at least this many noise sigmas above its trend
@@ -76,7 +78,7 @@ SPIKE_BIN_S = 60.0  # a spike (an evaluation's 20-60 s) never fills two whole bi
 SPIKE_MEMORY_S = 7200.0  # the spikes of the last two hours count as headroom of every growing window
 STAIR_BIN_S = 30.0  # stairs: bins of this length, three each side of a jump (90 s: longer than any spike)
 STAIR_SIDE = 3  # bins each side of a stair, all above (after) or below (before) it
-STAIR_SIGMAS = 4.0  # a stair rises by at least this many reading-noise sigmas (and 1% of the limit)
+STAIR_SIGMAS = 4.0  # a stair rises by this many sigmas of the bins' means, or of readings (their lowest), and 1%
 STAIR_REGULAR = 1.5  # the last (up to) three stairs: gaps and heights within this ratio of each other
 STAIR_HISTORY = 200  # bins kept for the excursions above the stairs (100 minutes)
 
@@ -572,9 +574,10 @@ class _Stairs:
     limit. A window's line and its quarters judge stairs that are rare within it badly (a quarter
     may hold none), so the stairs are found one by one and projected as stairs.
 
-    A stair is a jump of the floor between two runs of ``STAIR_SIDE`` bins of ``STAIR_BIN_S``, each
-    run flat within half the jump (a ramp, a cache filling, is not flat; a spike is shorter than a
-    run). The last two or three stairs, their gaps and heights agreeing within ``STAIR_REGULAR``, make a
+    A stair is a jump between two runs of ``STAIR_SIDE`` bins of ``STAIR_BIN_S``, each run flat within
+    half the jump (a ramp, a cache filling, is not flat; a spike is shorter than a run), of the bins'
+    mean readings (they scatter less than one reading) or of their lowest (a spike or a GC tooth that
+    comes with every stair lifts the means of the bins that hold it, not their lowest). The last two or three stairs, their gaps and heights agreeing within ``STAIR_REGULAR``, make a
     staircase (two: the first stair of a leak that starts with the run falls inside the start-up); it
     is projected to die at its next stair when the level now, plus the smallest of their heights,
     plus the highest the readings went above their stair's level since the first of them, reaches
@@ -583,9 +586,11 @@ class _Stairs:
 
     def __init__(self) -> None:
         self.bins: Deque[_Chunk] = deque(maxlen=2 * STAIR_SIDE + 1)
-        self.history: Deque[Tuple[float, int, int]] = deque(maxlen=STAIR_HISTORY)  # closed bins: (time, min, max)
+        # closed bins: (time, lowest, highest, mean reading)
+        self.history: Deque[Tuple[float, int, int, float]] = deque(maxlen=STAIR_HISTORY)
         self.stairs: Deque[Tuple[float, float, float, float]] = deque(maxlen=3)  # (time, height, level after, before)
         self.plan: Optional[dict] = None  # the staircase as of the last closed bin
+        self.mean_changes: Deque[float] = deque(maxlen=64)  # bin-to-bin changes of the mean reading (their noise)
 
     def add(self, step: int, time_s: float, used: int, noise: float, limit: int) -> None:
         key = int(time_s // STAIR_BIN_S)
@@ -594,23 +599,33 @@ class _Stairs:
             return
         if self.bins:
             closed = self.bins[-1]
-            self.history.append((closed.last_time, closed.min_used, closed.max_used))
+            if self.history:
+                self.mean_changes.append(closed.total / closed.count - self.history[-1][3])
+            self.history.append((closed.last_time, closed.min_used, closed.max_used, closed.total / closed.count))
             if len(self.bins) == self.bins.maxlen:
                 self._find_stair(noise, limit)
             self.plan = self._plan(limit)
         self.bins.append(_Chunk.start(key, step, time_s, used))
 
     def _find_stair(self, noise: float, limit: int) -> None:
-        floors = [b.min_used for b in self.bins]
-        before, after = floors[:STAIR_SIDE], floors[STAIR_SIDE + 1:]
-        jump = min(after) - max(before)
-        if jump < max(STAIR_SIGMAS * noise, 0.01 * max(limit, 0)) or \
-                max(after) - min(after) > jump / 2 or max(before) - min(before) > jump / 2:
+        means = [b.total / b.count for b in self.bins]
+        if not (_steps_up(means, STAIR_SIGMAS * min(noise, self._mean_noise(noise)), limit)
+                or _steps_up([b.min_used for b in self.bins], STAIR_SIGMAS * noise, limit)):
             return
+        before, after = means[:STAIR_SIDE], means[STAIR_SIDE + 1:]
         at = self.bins[STAIR_SIDE].first_time
         if self.stairs and at - self.stairs[-1][0] <= (STAIR_SIDE + 1) * STAIR_BIN_S:
             return  # the same stair, seen again one bin later
         self.stairs.append((at, _median(after) - _median(before), _median(after), _median(before)))
+
+    def _mean_noise(self, noise: float) -> float:
+        """Sigma of a bin's mean reading (MAD of the bin-to-bin changes; a stair is one change of
+        many): the mean of many readings scatters less than one reading, so a stair between bins
+        that hold many readings stands out of their means sooner than out of the reading noise."""
+        if len(self.mean_changes) < 16:
+            return noise
+        center = _median(self.mean_changes)
+        return 1.4826 * _median([abs(c - center) for c in self.mean_changes]) / math.sqrt(2.0)
 
     def _plan(self, limit: int) -> Optional[dict]:
         """The staircase from the bins closed so far (see ``projection``), or None."""
@@ -622,9 +637,9 @@ class _Stairs:
         if max(gaps) > STAIR_REGULAR * min(gaps) + 2 * STAIR_BIN_S or max(heights) > STAIR_REGULAR * min(heights):
             return None
         gap = sum(gaps) / len(gaps)
-        # the level now: the floors of the bins closed since the last stair's flat run began
-        floors = [low for t, low, _ in self.history if t > times[-1] + STAIR_SIDE * STAIR_BIN_S]
-        level = _median(floors) if floors else self.stairs[-1][2]
+        # the level now: the mean readings of the bins closed since the last stair's flat run began
+        means = [mean for t, _, _, mean in self.history if t > times[-1] + STAIR_SIDE * STAIR_BIN_S]
+        level = _median(means) if means else self.stairs[-1][2]
         # A staircase never steps down: each stair starts from where the one before it ended, and the
         # level now holds the last one (a long evaluation goes up and comes back down).
         height = min(heights)
@@ -632,17 +647,21 @@ class _Stairs:
         starts = [s[3] for s in self.stairs][1:] + [level]
         if any(start < end - height / 2 for start, end in zip(starts, ends)):
             return None
+        # and it is flat between its stairs: a stair starts about where the one before it ended (the
+        # start and the end of a cache filling at a steady rate are two jumps with a ramp between them)
+        if any(start > end + height for start, end in zip(starts[:-1], ends)):
+            return None
         # How high readings went above their stair's level: each bin since the first stair against
         # the level after the stair it follows. The latest bins count too: the next stair, before it
         # can be found (that needs the bins after it), rises above the level as an excursion.
         excursion = 0.0
-        for t, _, high in self.history:
+        for t, _, high, _ in self.history:
             if t > times[0]:
                 reached = max(i for i, stair_time in enumerate(times) if stair_time < t)
                 excursion = max(excursion, high - (level if reached == len(times) - 1 else self.stairs[reached][2]))
         if level + height + excursion < limit:
             return None
-        span = [low for t, low, _ in self.history if t > times[0] - STAIR_SIDE * STAIR_BIN_S]
+        span = [low for t, low, _, _ in self.history if t > times[0] - STAIR_SIDE * STAIR_BIN_S]
         return {"due": times[-1] + gap, "first": times[0], "gap": gap, "stairs": len(times), "height": height,
                 "level": level, "headroom": height + excursion, "p_value": mann_kendall_p(span), "n_bins": len(span)}
 
@@ -654,6 +673,15 @@ class _Stairs:
         if plan is None or time_s > plan["due"] + plan["gap"] / 2:
             return None
         return dict(plan, seconds=max(0.0, plan["due"] - time_s), span_s=time_s - plan["first"] + plan["gap"])
+
+
+def _steps_up(values: Sequence[float], least: float, limit: int) -> bool:
+    """The middle of ``values`` is a stair: the ``STAIR_SIDE`` values after it all lie above the ones
+    before it by ``least`` and 1% of the limit, and each side is flat within half that jump."""
+    before, after = values[:STAIR_SIDE], values[STAIR_SIDE + 1:]
+    jump = min(after) - max(before)
+    return jump >= max(least, 0.01 * max(limit, 0)) and max(after) - min(after) <= jump / 2 \
+        and max(before) - min(before) <= jump / 2
 
 
 class TrendDetector:
@@ -712,6 +740,17 @@ class TrendDetector:
         self._noise_at: Tuple[Optional[Tuple[int, int]], float] = (None, 0.0)  # (readings, limit) -> noise
         self._spikes = _Spikes()
         self._stairs = _Stairs()
+        self._settled = False  # whether SETTLING_S has passed (and the start was judged)
+
+    def _forget_the_start(self) -> None:
+        """The run's first SETTLING_S followed a rise that levelled off below the limit (the start):
+        the long windows begin again after it, so that its tail is not taken for growth once they
+        hold enough chunks (the fast windows keep it, as context)."""
+        for i, (seconds, min_chunks, fast) in enumerate(self._window_specs):
+            if not fast:
+                old = self.windows[i]
+                self.windows[i] = _Window(seconds, self._window_chunks, min_chunks, *self._window_args)
+                self.windows[i].noise, self.windows[i].limit = old.noise, old.limit
 
     def update(self, step: int, time_s: float, used_bytes: int, limit_bytes: int) -> Assessment:
         """Add one reading and assess the pool from everything seen so far."""
@@ -746,6 +785,10 @@ class TrendDetector:
             noise = self._reading_noise(limit_bytes)
             for window in self.windows:
                 window.noise, window.limit = noise, limit_bytes
+        if not self._settled and time_s - self._first[1] >= SETTLING_S:
+            self._settled = True
+            if self._levels_off(limit_bytes, self._reading_noise(limit_bytes)):
+                self._forget_the_start()
         for window in self.windows:
             window.add(step, time_s, used_bytes)
         if time_s - self._first[1] >= SETTLING_S:  # the start's rise is no spike
@@ -883,18 +926,24 @@ class TrendDetector:
         (an evaluation spike, or a one-time step, on top of the rise)."""
         ts = [b[1] / b[3] for b in bins]
         ys = [b[2] / b[3] for b in bins]
-        if TrendDetector._curve_levels_off(ts, ys, limit, noise):
+        counts = [b[3] for b in bins]
+        if TrendDetector._curve_levels_off(ts, ys, counts, limit, noise):
             return True
         for width in (1, 2):  # a jump's edge may fall inside a bin: then it spans two
             at = max(range(len(ys) - width), key=lambda i: ys[i + width] - ys[i])
             jump = ys[at + width] - ys[at]
-            if jump > 0 and TrendDetector._curve_levels_off(
-                    ts[:at + 1] + ts[at + width:], ys[:at + 1] + [y - jump for y in ys[at + width:]], limit - jump, noise):
+            # only a jump that stands out of the noise of two bins' means (a noisy ramp's largest
+            # bin-to-bin rise is no step; taken out, the ramp that is left bends over)
+            if jump > SETTLE_JUMP_Z * noise * math.sqrt(1.0 / counts[at] + 1.0 / counts[at + width]) \
+                    and TrendDetector._curve_levels_off(
+                    ts[:at + 1] + ts[at + width:], ys[:at + 1] + [y - jump for y in ys[at + width:]],
+                    counts[:at + 1] + counts[at + width:], limit - jump, noise):
                 return True
         return False
 
     @staticmethod
-    def _curve_levels_off(ts: Sequence[float], ys: Sequence[float], limit: float, noise: float) -> bool:
+    def _curve_levels_off(ts: Sequence[float], ys: Sequence[float], counts: Sequence[int], limit: float,
+                          noise: float) -> bool:
         """Whether a fit about as good as the best (the one with the lowest level) bends over within
         the time constants tried (an allocator's or a first evaluation's rise, not a leak's line) to a
         level two noise sigmas below ``limit``, with the latest bins on the curve and rising no faster
@@ -930,11 +979,15 @@ class TrendDetector:
         if _median(residuals[-max(3, n // 4):]) > max(noise, 0.01 * limit):
             return False
         # and the latest bins must be slowing down as the curve does: a climb that keeps its
-        # pace (a leak after a fast start) rises clearly faster than the curve's slope there
+        # pace (a leak after a fast start) rises clearly faster than the curve's slope there,
+        # by more than the pace's own uncertainty (a few noisy readings tilt it by chance)
         third = max(4, n // 3)
         pace = theil_sen_slope(ts[-third:], ys[-third:])[0]
         curve_slope = -b / tau * math.exp(-(_median_sorted(ts[-third:]) - t0) / tau)
-        return pace <= 2.0 * curve_slope or pace * (ts[-1] - ts[-third]) <= noise
+        weights = counts[-third:]
+        mean_t = sum(w * t for w, t in zip(weights, ts[-third:])) / sum(weights)
+        spread = math.sqrt(sum(w * (t - mean_t) ** 2 for w, t in zip(weights, ts[-third:])))
+        return pace <= 2.0 * curve_slope or pace - curve_slope <= SETTLE_PACE_Z * noise / max(spread, 1e-9)
 
     def _reading_noise(self, limit: int) -> float:
         """Sigma of the reading noise, from the spread of recent reading-to-reading changes (MAD:
