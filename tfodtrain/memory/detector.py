@@ -975,8 +975,10 @@ class TrendDetector:
         _, tau, level, b, residuals = min(plausible, key=lambda fit: fit[2])  # the lowest level
         if level + 2.0 * noise >= limit:  # readings around that level would reach the limit
             return False
-        # a sawtooth's phase moves bin averages by up to half its height: allow 1% of the limit
-        if _median(residuals[-max(3, n // 4):]) > max(noise, 0.01 * limit):
+        # a sawtooth's phase moves bin averages by up to half its height: allow 1% of the limit; and the
+        # median of a few noisy bins strays from the curve by chance (two of its standard errors)
+        latest = max(3, n // 4)
+        if _median(residuals[-latest:]) > max(noise, 2.0 * 1.2533 * noise / math.sqrt(latest), 0.01 * limit):
             return False
         # and the latest bins must be slowing down as the curve does: a climb that keeps its
         # pace (a leak after a fast start) rises clearly faster than the curve's slope there,
