@@ -138,6 +138,10 @@ class _Chunk:
     def start(cls, key: int, step: int, time_s: float, used: int) -> "_Chunk":
         return cls(key, step, time_s, step, time_s, used, time_s, used, time_s, total=float(used))
 
+    @property
+    def mean(self) -> float:
+        return self.total / self.count
+
     def add(self, step: int, time_s: float, used: int) -> None:
         self.last_step, self.last_time = step, time_s
         self.count += 1
@@ -429,7 +433,7 @@ def fit_trend(chunks: Sequence[_Chunk], min_chunks: int, sustain_ratio: float, s
                   recent_slope=recent_slope, sigma=sigma, first_time=chunks[0].first_time, settle_s=settle_s,
                   last_time=last_time, fast=fast, stair=max(0.0, stair), peak_level=peak_level,
                   peak_level_fast=peak_level_fast,
-                  mean_p=1.0 if fast else mann_kendall_p([c.total / c.count for c in chunks]))
+                  mean_p=1.0 if fast else mann_kendall_p([c.mean for c in chunks]))
 
 
 def _kept_slopes(chunks: Sequence[_Chunk]) -> List[float]:
@@ -523,6 +527,13 @@ def _median_sorted(ordered: Sequence[float]) -> float:
     return float(ordered[mid]) if n % 2 else (ordered[mid - 1] + ordered[mid]) / 2.0
 
 
+def _sigma_of_changes(changes: Sequence[float]) -> float:
+    """Sigma of one value from the changes between successive values: their MAD (a steady trend and
+    rare jumps do not move it), over sqrt(2) (a change is the difference of two noisy values)."""
+    center = _median(changes)
+    return 1.4826 * _median([abs(c - center) for c in changes]) / math.sqrt(2.0)
+
+
 def _median(values: Sequence[float]) -> float:
     ordered = sorted(values)
     n = len(ordered)
@@ -600,15 +611,15 @@ class _Stairs:
         if self.bins:
             closed = self.bins[-1]
             if self.history:
-                self.mean_changes.append(closed.total / closed.count - self.history[-1][3])
-            self.history.append((closed.last_time, closed.min_used, closed.max_used, closed.total / closed.count))
+                self.mean_changes.append(closed.mean - self.history[-1][3])
+            self.history.append((closed.last_time, closed.min_used, closed.max_used, closed.mean))
             if len(self.bins) == self.bins.maxlen:
                 self._find_stair(noise, limit)
             self.plan = self._plan(limit)
         self.bins.append(_Chunk.start(key, step, time_s, used))
 
     def _find_stair(self, noise: float, limit: int) -> None:
-        means = [b.total / b.count for b in self.bins]
+        means = [b.mean for b in self.bins]
         if not (_steps_up(means, STAIR_SIGMAS * min(noise, self._mean_noise(noise)), limit)
                 or _steps_up([b.min_used for b in self.bins], STAIR_SIGMAS * noise, limit)):
             return
@@ -622,10 +633,7 @@ class _Stairs:
         """Sigma of a bin's mean reading (MAD of the bin-to-bin changes; a stair is one change of
         many): the mean of many readings scatters less than one reading, so a stair between bins
         that hold many readings stands out of their means sooner than out of the reading noise."""
-        if len(self.mean_changes) < 16:
-            return noise
-        center = _median(self.mean_changes)
-        return 1.4826 * _median([abs(c - center) for c in self.mean_changes]) / math.sqrt(2.0)
+        return _sigma_of_changes(self.mean_changes) if len(self.mean_changes) >= 16 else noise
 
     def _plan(self, limit: int) -> Optional[dict]:
         """The staircase from the bins closed so far (see ``projection``), or None."""
@@ -719,9 +727,7 @@ class TrendDetector:
         self._restart()
 
     def _restart(self) -> None:
-        self.windows: List[_Window] = [
-            _Window(seconds, 4 * min_chunks if fast else self._window_chunks, min_chunks, *self._window_args, fast=fast)
-            for seconds, min_chunks, fast in self._window_specs]
+        self.windows: List[_Window] = [self._new_window(*spec) for spec in self._window_specs]
         fast = [w for w in self.windows if w.fast]
         for earlier, later in zip(fast, fast[1:]):
             later.twin = earlier
@@ -746,11 +752,14 @@ class TrendDetector:
         """The run's first SETTLING_S followed a rise that levelled off below the limit (the start):
         the long windows begin again after it, so that its tail is not taken for growth once they
         hold enough chunks (the fast windows keep it, as context)."""
-        for i, (seconds, min_chunks, fast) in enumerate(self._window_specs):
-            if not fast:
-                old = self.windows[i]
-                self.windows[i] = _Window(seconds, self._window_chunks, min_chunks, *self._window_args)
+        for i, spec in enumerate(self._window_specs):
+            if not self.windows[i].fast:
+                old, self.windows[i] = self.windows[i], self._new_window(*spec)
                 self.windows[i].noise, self.windows[i].limit = old.noise, old.limit
+
+    def _new_window(self, seconds: float, min_chunks: int, fast: bool) -> _Window:
+        return _Window(seconds, 4 * min_chunks if fast else self._window_chunks, min_chunks, *self._window_args,
+                       fast=fast)
 
     def update(self, step: int, time_s: float, used_bytes: int, limit_bytes: int) -> Assessment:
         """Add one reading and assess the pool from everything seen so far."""
@@ -1000,8 +1009,7 @@ class TrendDetector:
         floor = 0.002 * max(limit, 0)
         noise = floor
         if len(self._differences) >= 4:
-            center = _median(self._differences)
-            noise = max(floor, 1.4826 * _median([abs(d - center) for d in self._differences]) / math.sqrt(2.0))
+            noise = max(floor, _sigma_of_changes(self._differences))
         self._noise_at = (key, noise)
         return noise
 
