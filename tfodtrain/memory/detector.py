@@ -70,6 +70,8 @@ NOISE_PEAK_Z = 3.0  # a fast window's peaks reach at least this many noise sigma
 FAST_RISE_SIGMAS = 6.0  # a 6-chunk fast window's rise, in reading-noise sigmas, to count as a regime (less when longer)
 FAST_ALPHA = 0.01  # Mann-Kendall level of a fast window: its rise and confirmations carry the rest
 LONG_MEAN_ALPHA = 0.01  # a long window's chunk means must rise too (Mann-Kendall at this level)
+LAG_CHUNKS = 3  # a long window's last chunks whose mean readings tell that its growth stopped,
+LAG_SIGMAS = 3.0  # when they lie this many sigmas of the means' scatter below the pace of the chunks before
 LONG_RISE_SIGMAS = 3.0  # a long window's rise, in sigmas of its floors' scatter around the line, to count as growth
 FAST_REACH_S = 10800.0  # a fast window fits only growth that would reach the limit within this (6 x warn horizon)
 FAST_CONFIRMATIONS = 3  # fits in a row (on successive chunks) in which a fast window must see growth,
@@ -174,6 +176,7 @@ class _Trend:
     peak_level: float = math.inf  # long: the highest readings, carried to last_time (see fit_trend)
     peak_level_fast: float = math.inf  # long: the same, carried at the faster of the two paces
     mean_p: float = 1.0  # long: Mann-Kendall p of the chunks' mean readings
+    lagging: bool = False  # long: the latest chunks' mean readings fell below the line (see _lags)
 
     def floor_at(self, time_s: float) -> float:
         """The floor at ``time_s``: on the line up to the window's last chunk, then onwards at the
@@ -433,7 +436,29 @@ def fit_trend(chunks: Sequence[_Chunk], min_chunks: int, sustain_ratio: float, s
                   recent_slope=recent_slope, sigma=sigma, first_time=chunks[0].first_time, settle_s=settle_s,
                   last_time=last_time, fast=fast, stair=max(0.0, stair), peak_level=peak_level,
                   peak_level_fast=peak_level_fast,
-                  mean_p=1.0 if fast else mann_kendall_p([c.mean for c in chunks]))
+                  mean_p=1.0 if fast else mann_kendall_p([c.mean for c in chunks]),
+                  lagging=not fast and _lags(chunks))
+
+
+def _lags(chunks: Sequence[_Chunk]) -> bool:
+    """A long window's growth has stopped: the mean readings of its last ``LAG_CHUNKS`` chunks lie below
+    the line of the ``2 * LAG_CHUNKS`` chunks before them, carried on, by ``LAG_SIGMAS`` of the means'
+    scatter (around that line, and from chunk to chunk) and by half a chunk's progress. A cache that stops filling leaves its pace at
+    once, while the window's line, fitted over many chunks, goes on at the filling pace; a chunk's mean
+    scatters by a fraction of one reading's noise, so a few chunks tell. A leak's means keep its pace."""
+    if len(chunks) < 3 * LAG_CHUNKS:
+        return False
+    base, last = chunks[-3 * LAG_CHUNKS:-LAG_CHUNKS], chunks[-LAG_CHUNKS:]
+    xs = [(c.first_time + c.last_time) / 2.0 for c in base]
+    ys = [c.mean for c in base]
+    slope = theil_sen_slope(xs, ys)[0]
+    offset = _median([y - slope * x for x, y in zip(xs, ys)])
+    spread = 1.4826 * _median([abs(y - slope * x - offset) for x, y in zip(xs, ys)])
+    means = [c.mean for c in chunks]
+    spread = max(spread, _sigma_of_changes([b - a for a, b in zip(means, means[1:])]))
+    behind = _median([c.mean - slope * (c.first_time + c.last_time) / 2.0 - offset for c in last])
+    # and by half a chunk's progress at that pace: a leak's pace wavers a little, a cache's stops
+    return behind < -max(LAG_SIGMAS * spread, 0.5 * slope * (xs[-1] - xs[0]) / (len(xs) - 1))
 
 
 def _kept_slopes(chunks: Sequence[_Chunk]) -> List[float]:
@@ -893,7 +918,7 @@ class TrendDetector:
                     # readings drift by chance apart from their mean; a leak lifts both).
                     growing = trend.p_value <= self.alpha and trend.sustained and trend.slope_low_per_s > 0 \
                         and trend.slope_per_s * trend.summary["span_s"] >= LONG_RISE_SIGMAS * trend.sigma \
-                        and trend.mean_p <= LONG_MEAN_ALPHA
+                        and trend.mean_p <= LONG_MEAN_ALPHA and not trend.lagging
                 if growing:
                     noise = noise if noise is not None else self._reading_noise(base.limit_bytes)
                 seconds = self._seconds_to_limit(trend, base, self._room_above(window, trend, noise)) \
