@@ -380,7 +380,7 @@ def fit_trend(chunks: Sequence[_Chunk], min_chunks: int, sustain_ratio: float, s
             return _median([ys[j] + slope * (c.max_time - xs[j]) for j in range(max(0, lo), min(n, hi))])
         peaks = max(c.max_used - max(floor_near(c, i - 1, i + 2), floor_near(c, i, i + 3)) for i, c in enumerate(chunks))
     # Scatter of the floors around the line (MAD): the noise a fast window's projection must clear.
-    sigma = 1.4826 * _median([abs(r - intercept) for r in residuals])
+    sigma = _mad_sigma(residuals)  # intercept is their median
     if fast:
         stair = 0.0
         peaks = max(peaks, NOISE_PEAK_Z * sigma)  # reported; the projection uses the reading noise
@@ -391,7 +391,7 @@ def fit_trend(chunks: Sequence[_Chunk], min_chunks: int, sustain_ratio: float, s
         jumps = sorted(b.min_used - a.min_used - slope * (b.min_time - a.min_time)
                        for a, b in zip(chunks[:-1], chunks[1:]))
         # Chunk floors jump by noise too: only what stands out of their usual jumps is a stair.
-        spread = 1.4826 * _median([abs(j - _median(jumps)) for j in jumps]) if jumps else 0.0
+        spread = _mad_sigma(jumps)
         stair = jumps[-2] - 3.0 * spread if len(jumps) >= 2 else 0.0
     # Growth that slows down (a cache filling up, fragmentation levelling off, the allocator's
     # start) is projected at the pace of the window's recent half, when that is slower.
@@ -443,22 +443,23 @@ def fit_trend(chunks: Sequence[_Chunk], min_chunks: int, sustain_ratio: float, s
 def _lags(chunks: Sequence[_Chunk]) -> bool:
     """A long window's growth has stopped: the mean readings of its last ``LAG_CHUNKS`` chunks lie below
     the line of the ``2 * LAG_CHUNKS`` chunks before them, carried on, by ``LAG_SIGMAS`` of the means'
-    scatter (around that line, and from chunk to chunk) and by half a chunk's progress. A cache that stops filling leaves its pace at
-    once, while the window's line, fitted over many chunks, goes on at the filling pace; a chunk's mean
-    scatters by a fraction of one reading's noise, so a few chunks tell. A leak's means keep its pace."""
+    scatter (around that line, and from chunk to chunk) and by half a chunk's progress. A cache that
+    stops filling leaves its pace at once, while the window's line, fitted over many chunks, goes on at
+    the filling pace; a chunk's mean scatters by a fraction of one reading's noise, so a few chunks
+    tell. A leak's means keep its pace."""
     if len(chunks) < 3 * LAG_CHUNKS:
         return False
-    base, last = chunks[-3 * LAG_CHUNKS:-LAG_CHUNKS], chunks[-LAG_CHUNKS:]
-    xs = [(c.first_time + c.last_time) / 2.0 for c in base]
-    ys = [c.mean for c in base]
-    slope = theil_sen_slope(xs, ys)[0]
-    offset = _median([y - slope * x for x, y in zip(xs, ys)])
-    spread = 1.4826 * _median([abs(y - slope * x - offset) for x, y in zip(xs, ys)])
+    xs = [(c.first_time + c.last_time) / 2.0 for c in chunks[-3 * LAG_CHUNKS:]]
     means = [c.mean for c in chunks]
-    spread = max(spread, _sigma_of_changes([b - a for a, b in zip(means, means[1:])]))
-    behind = _median([c.mean - slope * (c.first_time + c.last_time) / 2.0 - offset for c in last])
+    ys = means[-3 * LAG_CHUNKS:]
+    slope = theil_sen_slope(xs[:-LAG_CHUNKS], ys[:-LAG_CHUNKS])[0]
+    residuals = [y - slope * x for x, y in zip(xs, ys)]
+    offset = _median(residuals[:-LAG_CHUNKS])
+    spread = max(_mad_sigma(residuals[:-LAG_CHUNKS]), _sigma_of_changes([b - a for a, b in zip(means, means[1:])]))
+    behind = _median(residuals[-LAG_CHUNKS:]) - offset
     # and by half a chunk's progress at that pace: a leak's pace wavers a little, a cache's stops
-    return behind < -max(LAG_SIGMAS * spread, 0.5 * slope * (xs[-1] - xs[0]) / (len(xs) - 1))
+    base = xs[:-LAG_CHUNKS]
+    return behind < -max(LAG_SIGMAS * spread, 0.5 * slope * (base[-1] - base[0]) / (len(base) - 1))
 
 
 def _kept_slopes(chunks: Sequence[_Chunk]) -> List[float]:
@@ -555,17 +556,17 @@ def _median_sorted(ordered: Sequence[float]) -> float:
 def _sigma_of_changes(changes: Sequence[float]) -> float:
     """Sigma of one value from the changes between successive values: their MAD (a steady trend and
     rare jumps do not move it), over sqrt(2) (a change is the difference of two noisy values)."""
-    center = _median(changes)
-    return 1.4826 * _median([abs(c - center) for c in changes]) / math.sqrt(2.0)
+    return _mad_sigma(changes) / math.sqrt(2.0)
+
+
+def _mad_sigma(values: Sequence[float]) -> float:
+    """A robust sigma of ``values``: their median absolute deviation, as a normal sigma (0 when none)."""
+    center = _median(values)
+    return 1.4826 * _median([abs(v - center) for v in values])
 
 
 def _median(values: Sequence[float]) -> float:
-    ordered = sorted(values)
-    n = len(ordered)
-    if n == 0:
-        return 0.0
-    mid = n // 2
-    return float(ordered[mid]) if n % 2 else (ordered[mid - 1] + ordered[mid]) / 2.0
+    return _median_sorted(sorted(values)) if values else 0.0
 
 
 class _Spikes:
