@@ -645,11 +645,16 @@ class _Stairs:
         self.bins.append(_Chunk.start(key, step, time_s, used))
 
     def _find_stair(self, noise: float, limit: int) -> None:
+        # A stair is measured on the readings it was found on: where a spike before it lifted the means
+        # (so it was found on the lowest readings), their medians understate its height.
         means = [b.mean for b in self.bins]
-        if not (_steps_up(means, STAIR_SIGMAS * min(noise, self._mean_noise(noise)), limit)
-                or _steps_up([b.min_used for b in self.bins], STAIR_SIGMAS * noise, limit)):
+        if _steps_up(means, STAIR_SIGMAS * min(noise, self._mean_noise(noise)), limit):
+            values = means
+        elif _steps_up([b.min_used for b in self.bins], STAIR_SIGMAS * noise, limit):
+            values = [float(b.min_used) for b in self.bins]
+        else:
             return
-        before, after = means[:STAIR_SIDE], means[STAIR_SIDE + 1:]
+        before, after = values[:STAIR_SIDE], values[STAIR_SIDE + 1:]
         at = self.bins[STAIR_SIDE].first_time
         if self.stairs and at - self.stairs[-1][0] <= (STAIR_SIDE + 1) * STAIR_BIN_S:
             return  # the same stair, seen again one bin later
