@@ -8,7 +8,8 @@ import random
 
 import pytest
 
-from tfodtrain.memory.detector import TrendDetector, _Chunk, _lags, _Spikes, fit_trend, mann_kendall_p, theil_sen_slope
+from tfodtrain.memory.detector import (TrendDetector, _Chunk, _lags, _Spikes, _stalled, fit_trend, mann_kendall_p,
+                                       theil_sen_slope)
 from tfodtrain.memory.guard import MemoryGuard
 from tfodtrain.memory.policy import Decision, GuardPolicy, GuardSettings
 from tfodtrain.memory.tracegen import generate_family_trace
@@ -295,13 +296,13 @@ def test_a_cache_that_fills_in_twenty_minutes_and_stops_at_85_percent_is_not_abo
                        noise=0.2 * GIB, seconds=6 * 3600) is None
 
 
-def _minute_chunks(level, seed, n=24, noise=0.3 * GIB):
-    """``n`` one-minute chunks of readings every 5 s of ``level(t)`` plus noise."""
+def _minute_chunks(level, seed, n=24, noise=0.3 * GIB, chunk_s=60.0):
+    """``n`` chunks of ``chunk_s`` (one minute) of readings every 5 s of ``level(t)`` plus noise."""
     rng, chunks = random.Random(seed), []
     for i in range(n):
         chunk = None
-        for j in range(12):
-            t = i * 60.0 + j * 5.0
+        for j in range(int(chunk_s // 5)):
+            t = i * chunk_s + j * 5.0
             used = int(level(t) + rng.gauss(0.0, noise))
             chunk = _Chunk.start(i, int(t), t, used) if chunk is None else chunk
             if j:
@@ -317,6 +318,31 @@ def test_a_window_whose_latest_means_fall_behind_its_pace_lags():
     stops = lambda t: 20 * GIB + 0.5 * GIB * min(t, 20.5 * 60.0) / 60.0  # noqa: E731
     assert not any(_lags(_minute_chunks(leak, seed)) for seed in range(30))
     assert all(_lags(_minute_chunks(stops, seed)) for seed in range(30))
+
+
+def test_a_staircase_that_stopped_half_an_hour_ago_has_stalled():
+    """A 96-minute window of 4-minute chunks: three stairs of 1.2 GiB in its first hour, then 36 minutes flat
+    (an allocator's staircase, over). The floors' line still rises 2.2 GiB an hour; the latest half hour of mean
+    readings, at the top of its 99% band, rises less than half that: stalled, on every seed. A leak that rises
+    as much, steadily, never is."""
+    def chunks(level, seed):
+        return _minute_chunks(level, seed, n=24, noise=0.3 * GIB, chunk_s=240.0)
+
+    stairs = lambda t: 20 * GIB + 1.2 * GIB * sum(t >= at for at in (900.0, 2100.0, 3600.0))  # noqa: E731
+    leak = lambda t: 20 * GIB + 3.6 * GIB * t / 5760.0  # noqa: E731
+    for seed in range(20):
+        stopped, steady = chunks(stairs, seed), chunks(leak, seed)
+        slope = theil_sen_slope([c.min_time for c in stopped], [c.min_used for c in stopped])[0]
+        assert slope > 0 and _stalled(stopped, slope), seed
+        slope = theil_sen_slope([c.min_time for c in steady], [c.min_used for c in steady])[0]
+        assert not _stalled(steady, slope), seed
+
+
+def test_an_allocator_staircase_over_for_half_an_hour_is_not_projected_on():
+    """Stairs of 5-7% of 24 GiB at 50, 62 and 156 minutes into the run, under a GC sawtooth and evaluation spikes
+    of about 8%: 37 minutes after the last stair, the 96-minute window's line still rose 6% an hour, and with the stairs
+    and peaks as headroom the run was aborted, "in 5.0 min"."""
+    assert family_abort("allocator_staircase", 8383 * 1009, math.inf) is None
 
 
 def test_a_cache_that_stops_is_not_projected_on_by_the_long_windows_line():

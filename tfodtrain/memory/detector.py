@@ -72,6 +72,9 @@ FAST_ALPHA = 0.01  # Mann-Kendall level of a fast window: its rise and confirmat
 LONG_MEAN_ALPHA = 0.01  # a long window's chunk means must rise too (Mann-Kendall at this level)
 LAG_CHUNKS = 3  # a long window's last chunks whose mean readings tell that its growth stopped,
 LAG_SIGMAS = 3.0  # when they lie this many sigmas of the means' scatter below the pace of the chunks before
+STALL_S = 1800.0  # a long window's growth has stalled when the mean readings of its latest half hour
+STALL_MIN_CHUNKS = 6  # (at least this many chunks, at most half the window)
+STALL_SHARE = 0.5  # rise at less than this share of its pace, at the top of their 99% band
 LONG_RISE_SIGMAS = 3.0  # a long window's rise, in sigmas of its floors' scatter around the line, to count as growth
 FAST_REACH_S = 10800.0  # a fast window fits only growth that would reach the limit within this (6 x warn horizon)
 FAST_CONFIRMATIONS = 3  # fits in a row (on successive chunks) in which a fast window must see growth,
@@ -176,7 +179,7 @@ class _Trend:
     peak_level: float = math.inf  # long: the highest readings, carried to last_time (see fit_trend)
     peak_level_fast: float = math.inf  # long: the same, carried at the faster of the two paces
     mean_p: float = 1.0  # long: Mann-Kendall p of the chunks' mean readings
-    lagging: bool = False  # long: the latest chunks' mean readings fell below the line (see _lags)
+    lagging: bool = False  # long: the latest chunks' mean readings fell below the line, or stalled (_lags, _stalled)
 
     def floor_at(self, time_s: float) -> float:
         """The floor at ``time_s``: on the line up to the window's last chunk, then onwards at the
@@ -437,7 +440,7 @@ def fit_trend(chunks: Sequence[_Chunk], min_chunks: int, sustain_ratio: float, s
                   last_time=last_time, fast=fast, stair=max(0.0, stair), peak_level=peak_level,
                   peak_level_fast=peak_level_fast,
                   mean_p=1.0 if fast else mann_kendall_p([c.mean for c in chunks]),
-                  lagging=not fast and _lags(chunks))
+                  lagging=not fast and (_lags(chunks) or _stalled(chunks, slope)))
 
 
 def _lags(chunks: Sequence[_Chunk]) -> bool:
@@ -460,6 +463,28 @@ def _lags(chunks: Sequence[_Chunk]) -> bool:
     # and by half a chunk's progress at that pace: a leak's pace wavers a little, a cache's stops
     base = xs[:-LAG_CHUNKS]
     return behind < -max(LAG_SIGMAS * spread, 0.5 * slope * (base[-1] - base[0]) / (len(base) - 1))
+
+
+def _stalled(chunks: Sequence[_Chunk], slope: float) -> bool:
+    """A long window's growth stalled a while ago: over its last ``STALL_S`` (at least ``STALL_MIN_CHUNKS``
+    chunks, at most half the window) the chunks' mean readings rise, at the top of their 99% band, at less than
+    ``STALL_SHARE`` of the window's pace ``slope``. An allocator's staircase that ended half an hour ago still
+    lifts the line of a 96-minute or 6-hour window, and near the limit its stairs and peaks were projected
+    past it; ``_lags`` sees only a stop within the last few chunks. A leak's latest half hour keeps its pace (a
+    staircase leak's holds a stair: its gaps are shorter)."""
+    last = chunks[-1].last_time
+    tail = [c for c in chunks if c.first_time >= last - STALL_S]
+    if len(tail) < STALL_MIN_CHUNKS:
+        tail = list(chunks[-STALL_MIN_CHUNKS:])
+        if last - tail[0].first_time < STALL_S:
+            return False
+    if len(tail) > len(chunks) // 2:
+        return False
+    xs = [(c.first_time + c.last_time) / 2.0 for c in tail]
+    ys = [c.mean for c in tail]
+    slopes = pairwise_slopes(xs, ys)
+    high = _band(slopes, len(xs), 2.326)[1]
+    return high < STALL_SHARE * slope
 
 
 def _kept_slopes(chunks: Sequence[_Chunk]) -> List[float]:
