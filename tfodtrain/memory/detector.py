@@ -75,6 +75,7 @@ LAG_SIGMAS = 3.0  # when they lie this many sigmas of the means' scatter below t
 STALL_S = 1800.0  # a long window's growth has stalled when the mean readings of its latest half hour
 STALL_MIN_CHUNKS = 6  # (at least this many chunks, at most half the window)
 STALL_SHARE = 0.5  # rise at less than this share of its pace, at the top of their 99% band
+SLOPE_Z = 2.326  # a Theil-Sen slope's confidence band: 99%, one-sided
 LONG_RISE_SIGMAS = 3.0  # a long window's rise, in sigmas of its floors' scatter around the line, to count as growth
 FAST_REACH_S = 10800.0  # a fast window fits only growth that would reach the limit within this (6 x warn horizon)
 FAST_CONFIRMATIONS = 3  # fits in a row (on successive chunks) in which a fast window must see growth,
@@ -483,7 +484,7 @@ def _stalled(chunks: Sequence[_Chunk], slope: float) -> bool:
     xs = [(c.first_time + c.last_time) / 2.0 for c in tail]
     ys = [c.mean for c in tail]
     slopes = pairwise_slopes(xs, ys)
-    high = _band(slopes, len(xs), 2.326)[1]
+    high = _band(slopes, len(xs), SLOPE_Z)[1]
     return high < STALL_SHARE * slope
 
 
@@ -524,7 +525,7 @@ def pairwise_slopes(xs: Sequence[float], ys: Sequence[float]) -> List[float]:
     return slopes
 
 
-def theil_sen_slope(xs: Sequence[float], ys: Sequence[float], z: float = 2.326,
+def theil_sen_slope(xs: Sequence[float], ys: Sequence[float], z: float = SLOPE_Z,
                     slopes: Optional[List[float]] = None) -> Tuple[float, float]:
     """Theil-Sen slope (median of the slopes between all pairs of points) and its lower
     confidence bound (Sen's rank bound: ``z`` standard errors of the Kendall statistic below).
@@ -672,11 +673,11 @@ class _Stairs:
     def _find_stair(self, noise: float, limit: int) -> None:
         # A stair is measured on the readings it was found on: where a spike before it lifted the means
         # (so it was found on the lowest readings), their medians understate its height.
-        means = [b.mean for b in self.bins]
+        means, lows = [b.mean for b in self.bins], [float(b.min_used) for b in self.bins]
         if _steps_up(means, STAIR_SIGMAS * min(noise, self._mean_noise(noise)), limit):
             values = means
-        elif _steps_up([b.min_used for b in self.bins], STAIR_SIGMAS * noise, limit):
-            values = [float(b.min_used) for b in self.bins]
+        elif _steps_up(lows, STAIR_SIGMAS * noise, limit):
+            values = lows
         else:
             return
         before, after = values[:STAIR_SIDE], values[STAIR_SIDE + 1:]
