@@ -205,9 +205,9 @@ def test_a_noisy_ramp_does_not_end_the_start_up_by_chance():
     assert hits == [None] * 6, [hit and hit[1] for hit in hits]
 
 
-def family_abort(family: str, seed: int, until_s: float):
+def family_abort(family: str, seed: int, until_s: float, **draw):
     """Time of the defaults' first abort on a generated family trace up to ``until_s``, or None."""
-    trace = generate_family_trace(family, seed)
+    trace = generate_family_trace(family, seed, **draw)
     guard = MemoryGuard()
     for row in trace.rows:
         if row.time_s > until_s:
@@ -379,14 +379,19 @@ def test_a_leak_that_dies_at_an_evaluation_spike_is_aborted_a_minute_ahead():
     assert abort is not None and t - abort >= 60.0, (abort, t)
 
 
-def _staircase(height, every_stair, seed, limit=40 * GIB, start=3 * 3600.0, every_s=5.0, noise=0.005):
+def _staircase(height, every_stair, seed, limit=40 * GIB, start=3 * 3600.0, every_s=5.0, noise=0.005, spike=0.0,
+               spike_s=50.0, spike_ends_s=35.0):
     """(abort time, death time) of a run whose floor steps up by ``height`` of the limit every
-    ``every_stair`` seconds from ``start`` (readings every ``every_s``, noise ``noise`` of the limit)."""
+    ``every_stair`` seconds from ``start`` (readings every ``every_s``, noise ``noise`` of the limit).
+    ``spike``: each stair comes with an evaluation (it holds what the evaluation kept): memory rises by
+    ``spike`` of the limit for ``spike_s`` seconds, ending ``spike_ends_s`` before the stair."""
     rng, guard, t, abort = random.Random(seed), MemoryGuard(), 0.0, None
     while True:
         t += every_s
         stairs = int((t - start) // every_stair) + 1 if t >= start else 0
-        used = int(limit * (0.6 + height * stairs + rng.gauss(0, noise)))
+        to_next = every_stair - (t - start) % every_stair if t >= start - every_stair else math.inf
+        up = spike if spike_ends_s <= to_next < spike_ends_s + spike_s else 0.0
+        used = int(limit * (0.6 + height * stairs + up + rng.gauss(0, noise)))
         if used >= limit:
             return abort, t
         if abort is None and guard.observe("gpu0", int(t), t, used, limit).action == "abort":
@@ -416,21 +421,22 @@ def test_stairs_under_heavy_noise_are_found_from_the_mean_of_their_bins():
 
 def test_stairs_that_come_with_a_spike_are_found_from_the_bins_lowest_readings():
     """Stairs of 8% of the limit every 2 minutes from 30 minutes into the run, under a GC sawtooth and
-    evaluation spikes: the first bins after each stair read higher than the ones after them, which breaks
-    the flat run of the bins' means, while their lowest readings stay flat. Found on the means alone, the
-    staircase was missed."""
-    trace = generate_family_trace("staircase_leak", 6363 * 1009 + 4)
-    abort = family_abort("staircase_leak", 6363 * 1009 + 4, math.inf)
+    evaluation spikes, one with every stair (``evaluation_stairs``): the first bins after each stair read
+    higher than the ones after them, which breaks the flat run of the bins' means, while their lowest
+    readings stay flat. Found on the means alone, the staircase was missed."""
+    trace = generate_family_trace("staircase_leak", 6363 * 1009 + 4, evaluation_stairs=True)
+    abort = family_abort("staircase_leak", 6363 * 1009 + 4, math.inf, evaluation_stairs=True)
     assert abort is not None and trace.rows[-1].time_s - abort >= 60.0, abort
 
 
 def test_a_stair_found_from_the_bins_lowest_readings_is_measured_on_them():
-    """Stairs of 8.6% of the limit every 8 minutes, 4 hours into the run, under evaluation spikes: a spike just
-    before a stair lifts the means of the bins before it, so the stair is found on the bins' lowest readings.
+    """Stairs of 8.6% of the limit every 8 minutes, 4 hours into the run, an evaluation spike with every stair
+    (``evaluation_stairs``): a spike just before a stair lifts the means of the bins before it, so the stair is
+    found on the bins' lowest readings.
     Measured on the means all the same, the stairs came to 8.6%, 4.1% and 6.7%, too unequal for a staircase,
     and the run was never aborted. Measured on the readings it was found on, they agree."""
     seed = 32 * 1009 + 6
-    trace = generate_family_trace("staircase_leak", seed)
+    trace = generate_family_trace("staircase_leak", seed, evaluation_stairs=True)
     guard = MemoryGuard()
     for row in trace.rows:
         if guard.observe("gpu0", row.step, row.time_s, row.used_bytes, row.limit_bytes).action == "abort":

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import bisect
 import json
+import random
 import subprocess
 import sys
 from pathlib import Path
@@ -120,6 +122,45 @@ def test_a_linear_leak_family_fills_memory_in_its_minutes():
     trace = generate_family_trace("leak_10min", 3)
     lasted = trace.rows[-1].time_s - trace.leak_start_s
     assert 6 * 60 <= lasted <= 10 * 60 + 30  # noise and peaks may kill it sooner, never later
+
+
+def _spike_starts(trace, length_s=70.0, least=0.029):
+    """Times where a noise-free trace climbs at least ``least`` of its limit above where it is
+    ``length_s`` before and after (an evaluation spike lasts 20-60 s; a stair stays up)."""
+    rows, limit = trace.rows, trace.rows[0].limit_bytes
+    times = [row.time_s for row in rows]
+    starts = []
+    for i, row in enumerate(rows):
+        b, a = bisect.bisect_right(times, row.time_s - length_s) - 1, bisect.bisect_left(times, row.time_s + length_s)
+        if b < 0 or a >= len(rows):
+            continue
+        if min(row.used_bytes - rows[b].used_bytes, row.used_bytes - rows[a].used_bytes) >= least * limit:
+            if not starts or row.time_s - starts[-1] > 2 * length_s:
+                starts.append(row.time_s)
+    return starts
+
+
+def test_a_staircase_leaks_evaluation_spikes_keep_their_own_schedule(monkeypatch):
+    """Evaluation spikes come every 20-40 minutes in every family. The staircase's interval once shared the
+    spikes' variable name, and the spikes' function read it when called: in staircase leaks they came at the
+    stairs' interval (2-20 minutes), at a fixed time before every stair; ``evaluation_stairs`` still draws
+    them so. Drawn without noise or time jitter (the generator's Gaussian draws patched to their mean), the
+    spikes keep at least 20 minutes apart."""
+    monkeypatch.setattr(random.Random, "gauss", lambda self, mu=0.0, sigma=1.0: mu)
+    checked = 0
+    for seed in range(40):
+        trace = generate_family_trace("staircase_leak", seed)
+        if "eval_spikes" not in trace.kind:
+            continue
+        starts = _spike_starts(trace)
+        gaps = [b - a for a, b in zip(starts, starts[1:])]
+        # never closer than 20 minutes (one that abuts a stair is not seen, so a gap may be a double one)
+        assert all(gap >= 1200.0 - 30 for gap in gaps), (seed, gaps)
+        checked += len(gaps)
+        # as drawn before: every stair comes with an evaluation
+        again = _spike_starts(generate_family_trace("staircase_leak", seed, evaluation_stairs=True))
+        assert all(gap < 1200.0 for gap in [b - a for a, b in zip(again, again[1:])]), seed
+    assert checked >= 10, checked
 
 
 @pytest.mark.slow

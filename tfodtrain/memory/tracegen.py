@@ -383,8 +383,13 @@ class FamilyTrace(GeneratedTrace):
         return {**super().label(), "leak_start_s": self.leak_start_s}
 
 
-def generate_family_trace(family: str, seed: int, name: Optional[str] = None) -> FamilyTrace:
+def generate_family_trace(family: str, seed: int, name: Optional[str] = None,
+                          evaluation_stairs: bool = False) -> FamilyTrace:
     """One trace of ``family``; deterministic in (family, seed).
+
+    ``evaluation_stairs``: a staircase leak's evaluation spikes come at its stairs' interval, a fixed time
+    before or after each stair (memory kept at every evaluation), instead of every 20-40 minutes. The
+    families' traces were drawn so until 2026-12-01, by mistake; the detector's tests keep a few.
 
     Example: ``generate_family_trace("leak_3min", 7).rows[-1].used_bytes >= limit``
     """
@@ -393,13 +398,14 @@ def generate_family_trace(family: str, seed: int, name: Optional[str] = None) ->
     leak = family in LEAK_FAMILIES
     for attempt in range(200):
         rng = random.Random(f"family/{family}/{seed}/{attempt}")
-        trace = _draw_family(rng, family, leak, name or f"{family}_{seed}.csv")
+        trace = _draw_family(rng, family, leak, name or f"{family}_{seed}.csv", evaluation_stairs)
         if trace is not None:
             return trace
     raise RuntimeError(f"could not generate a {family} trace for seed {seed}")  # pragma: no cover
 
 
-def _draw_family(rng: random.Random, family: str, leak: bool, name: str) -> Optional[FamilyTrace]:
+def _draw_family(rng: random.Random, family: str, leak: bool, name: str,
+                 evaluation_stairs: bool = False) -> Optional[FamilyTrace]:
     limit = rng.choice((8, 12, 16, 24, 32, 40, 48, 64, 80)) * GIB
     seconds_per_step = math.exp(rng.uniform(math.log(0.1), math.log(5.0)))
     steps_per_reading = max(1, round(math.exp(rng.uniform(math.log(1.0), math.log(20.0))) / seconds_per_step))
@@ -414,6 +420,7 @@ def _draw_family(rng: random.Random, family: str, leak: bool, name: str) -> Opti
     if family == "eval_spikes" or rng.random() < 0.5:
         height, length = limit * rng.uniform(0.03, 0.10), rng.uniform(20.0, 60.0)
         every, offset = rng.uniform(1200.0, 2400.0), rng.uniform(0.0, 2400.0)
+        # `every` is read when the spike is drawn: evaluation_stairs sets it to the stairs' interval below
         parts.append(lambda t: height if (t + offset) % every < length else 0.0)
         tags.append("eval_spikes" if family != "eval_spikes" else "")
     tags = [tag for tag in tags if tag]
@@ -428,9 +435,11 @@ def _draw_family(rng: random.Random, family: str, leak: bool, name: str) -> Opti
             rate = left / fill_s
             parts.append(lambda t: rate * max(0.0, t - leak_start))
         elif family == "staircase_leak":
-            stair, every = limit * rng.uniform(0.04, 0.10), rng.uniform(120.0, 1200.0)
-            parts.append(lambda t: stair * (int((t - leak_start) // every) + 1) if t >= leak_start else 0.0)
-            fill_s = every * left / stair
+            stair, gap = limit * rng.uniform(0.04, 0.10), rng.uniform(120.0, 1200.0)
+            if evaluation_stairs:
+                every = gap
+            parts.append(lambda t: stair * (int((t - leak_start) // gap) + 1) if t >= leak_start else 0.0)
+            fill_s = gap * left / stair
         else:  # accelerating: quadratic from its start to death
             fill_s = rng.uniform(600.0, 12 * HOUR)
             parts.append(lambda t: left * (max(0.0, t - leak_start) / fill_s) ** 2)
