@@ -9,7 +9,9 @@ the abort leaves at least ``--lead`` seconds (60) before the reading that died. 
 family: caught, false aborts, warnings per run, the median delay from the leak's start to the abort and
 the median lead; then the misses and false aborts. Several seeds make one set. ``--json OUT`` writes
 one line per trace (family, kind, leak start, death, abort time, warnings, reason) for comparing two
-versions of the guard trace by trace. Exit 0 when every leak is caught and no healthy run is aborted.
+versions of the guard trace by trace. ``--evaluation-stairs``: staircase leaks whose evaluation spikes
+come with every stair (memory kept at each evaluation), as the families were drawn until 2026-12-01.
+Exit 0 when every leak is caught and no healthy run is aborted.
 """
 
 from __future__ import annotations
@@ -28,8 +30,9 @@ from tfodtrain.memory.tracegen import FAMILIES, generate_family_trace  # noqa: E
 
 
 def score_one(job):
-    family, seed, index, overrides = job
-    trace = generate_family_trace(family, seed * 1009 + index, name=f"{family}_{seed}_{index}")
+    family, seed, index, overrides, evaluation_stairs = job
+    trace = generate_family_trace(family, seed * 1009 + index, name=f"{family}_{seed}_{index}",
+                                  evaluation_stairs=evaluation_stairs)
     result = replay_detail(trace.rows, _settings_from(overrides))
     death = trace.rows[-1].time_s
     return {"family": family, "name": trace.name, "kind": trace.kind, "leak": trace.leak,
@@ -50,6 +53,8 @@ def main(argv=None) -> int:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override one guard setting (repeatable)")
     parser.add_argument("--json", metavar="OUT", help="write one JSON line per trace to OUT")
+    parser.add_argument("--evaluation-stairs", action="store_true",
+                        help="staircase leaks' evaluation spikes come with every stair")
     args = parser.parse_args(argv)
     try:
         seeds = [int(seed) for seed in str(args.seed).split(",") if seed.strip()]
@@ -66,7 +71,8 @@ def main(argv=None) -> int:
     if unknown:
         print(f"guard_families: unknown family '{unknown[0]}'; known: {', '.join(FAMILIES)}", file=sys.stderr)
         return 2
-    jobs = [(family, seed, i, args.overrides) for seed in seeds for family in families for i in range(args.per_family)]
+    jobs = [(family, seed, i, args.overrides, args.evaluation_stairs)
+            for seed in seeds for family in families for i in range(args.per_family)]
     if args.jobs > 1:
         with ProcessPoolExecutor(args.jobs) as pool:
             results = list(pool.map(score_one, jobs))

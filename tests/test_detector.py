@@ -8,8 +8,8 @@ import random
 
 import pytest
 
-from tfodtrain.memory.detector import (TrendDetector, _Chunk, _lags, _Spikes, _stalled, fit_trend, mann_kendall_p,
-                                       theil_sen_slope)
+from tfodtrain.memory.detector import (TrendDetector, _Chunk, _lags, _Spikes, _stalled, _steps_up_past_a_spike,
+                                       fit_trend, mann_kendall_p, theil_sen_slope)
 from tfodtrain.memory.guard import MemoryGuard
 from tfodtrain.memory.policy import Decision, GuardPolicy, GuardSettings
 from tfodtrain.memory.tracegen import generate_family_trace
@@ -427,6 +427,26 @@ def test_stairs_that_come_with_a_spike_are_found_from_the_bins_lowest_readings()
     trace = generate_family_trace("staircase_leak", 6363 * 1009 + 4, evaluation_stairs=True)
     abort = family_abort("staircase_leak", 6363 * 1009 + 4, math.inf, evaluation_stairs=True)
     assert abort is not None and trace.rows[-1].time_s - abort >= 60.0, abort
+
+
+@pytest.mark.parametrize("spike_ends_s", [35.0, 700.0])
+def test_a_stair_whose_flat_side_holds_an_evaluation_spike_is_found_past_it(spike_ends_s):
+    """Stairs of 8% of the limit every 818 s, each with an evaluation spike of 8% for 50 s, ending 35 s before
+    the stair or 68 s after the one before: the spike fills a whole 30-s bin of the 90 s flat on one side of
+    every stair, and lifts its lowest reading too. No stair was found, and the run died at its fifth spike
+    without an abort. The bin is now left out of that side."""
+    for seed in range(3):
+        abort, death = _staircase(0.08, 818.0, seed, spike=0.08, spike_s=50.0, spike_ends_s=spike_ends_s)
+        assert abort is not None and death - abort >= 60.0, (seed, abort, death)
+
+
+def test_two_bins_of_a_ramp_are_no_flat_side():
+    """A ramp rising 1% of the limit per bin: its highest bin stands above the next, like a spike, but the two
+    bins left rise a third of the jump between the sides."""
+    ramp = [float(i) for i in range(7)]
+    assert not _steps_up_past_a_spike(ramp, 1.0, 100)
+    stair = [0.0, 0.2, 8.0, 4.0, 8.1, 8.0, 8.2]  # a spike in the side before a stair of 8
+    assert _steps_up_past_a_spike(stair, 1.0, 100)
 
 
 def test_a_stair_found_from_the_bins_lowest_readings_is_measured_on_them():

@@ -676,7 +676,7 @@ class _Stairs:
         means, lows = [b.mean for b in self.bins], [float(b.min_used) for b in self.bins]
         if _steps_up(means, STAIR_SIGMAS * min(noise, self._mean_noise(noise)), limit):
             values = means
-        elif _steps_up(lows, STAIR_SIGMAS * noise, limit):
+        elif _steps_up(lows, STAIR_SIGMAS * noise, limit) or _steps_up_past_a_spike(lows, STAIR_SIGMAS * noise, limit):
             values = lows
         else:
             return
@@ -747,6 +747,26 @@ def _steps_up(values: Sequence[float], least: float, limit: int) -> bool:
     jump = min(after) - max(before)
     return jump >= max(least, 0.01 * max(limit, 0)) and max(after) - min(after) <= jump / 2 \
         and max(before) - min(before) <= jump / 2
+
+
+def _steps_up_past_a_spike(values: Sequence[float], least: float, limit: int) -> bool:
+    """``_steps_up`` for the bins' lowest readings where an evaluation spike fills a whole bin of a side:
+    it lifts that bin's lowest reading, and the side is no longer flat. Such a bin, standing above the
+    side's other two by ``least``, is left out; the two left must then be flat within a quarter of the
+    jump (two bins of a ramp are not: its next bin rises as much again)."""
+    before = _without_a_spike(values[:STAIR_SIDE], least)
+    after = _without_a_spike(values[STAIR_SIDE + 1:], least)
+    if len(before) == STAIR_SIDE and len(after) == STAIR_SIDE:
+        return False  # no spike: _steps_up has judged
+    jump = min(after) - max(before)
+    return jump >= max(least, 0.01 * max(limit, 0)) and max(after) - min(after) <= jump / 4 \
+        and max(before) - min(before) <= jump / 4
+
+
+def _without_a_spike(side: Sequence[float], least: float) -> List[float]:
+    """``side`` without its highest value when that stands above the next by ``least`` (a spike)."""
+    ordered = sorted(side)
+    return ordered[:-1] if ordered[-1] - ordered[-2] >= least else list(side)
 
 
 class TrendDetector:
