@@ -743,10 +743,7 @@ class _Stairs:
 def _steps_up(values: Sequence[float], least: float, limit: int) -> bool:
     """The middle of ``values`` is a stair: the ``STAIR_SIDE`` values after it all lie above the ones
     before it by ``least`` and 1% of the limit, and each side is flat within half that jump."""
-    before, after = values[:STAIR_SIDE], values[STAIR_SIDE + 1:]
-    jump = min(after) - max(before)
-    return jump >= max(least, 0.01 * max(limit, 0)) and max(after) - min(after) <= jump / 2 \
-        and max(before) - min(before) <= jump / 2
+    return _stair_between(values[:STAIR_SIDE], values[STAIR_SIDE + 1:], least, limit, 0.5)
 
 
 def _steps_up_past_a_spike(values: Sequence[float], least: float, limit: int) -> bool:
@@ -758,9 +755,15 @@ def _steps_up_past_a_spike(values: Sequence[float], least: float, limit: int) ->
     after = _without_a_spike(values[STAIR_SIDE + 1:], least)
     if len(before) == STAIR_SIDE and len(after) == STAIR_SIDE:
         return False  # no spike: _steps_up has judged
+    return _stair_between(before, after, least, limit, 0.25)
+
+
+def _stair_between(before: Sequence[float], after: Sequence[float], least: float, limit: int, flat: float) -> bool:
+    """All of ``after`` lies above all of ``before`` by ``least`` and 1% of the limit, each side flat within
+    ``flat`` of that jump."""
     jump = min(after) - max(before)
-    return jump >= max(least, 0.01 * max(limit, 0)) and max(after) - min(after) <= jump / 4 \
-        and max(before) - min(before) <= jump / 4
+    return jump >= max(least, 0.01 * max(limit, 0)) and max(after) - min(after) <= flat * jump \
+        and max(before) - min(before) <= flat * jump
 
 
 def _without_a_spike(side: Sequence[float], least: float) -> List[float]:

@@ -413,6 +413,7 @@ def _draw_family(rng: random.Random, family: str, leak: bool, name: str,
     base = limit * rng.uniform(0.3, 0.65)
     parts: List[Callable[[float], float]] = []  # bytes added at time t (s)
     tags: List[str] = []
+    spikes_at = None  # index of the evaluation spikes in parts
     if rng.random() < 0.5:
         amp, period = limit * rng.uniform(0.01, 0.03), rng.uniform(60.0, 900.0)
         parts.append(lambda t: amp * ((t % period) / period))
@@ -420,8 +421,8 @@ def _draw_family(rng: random.Random, family: str, leak: bool, name: str,
     if family == "eval_spikes" or rng.random() < 0.5:
         height, length = limit * rng.uniform(0.03, 0.10), rng.uniform(20.0, 60.0)
         every, offset = rng.uniform(1200.0, 2400.0), rng.uniform(0.0, 2400.0)
-        # `every` is read when the spike is drawn: evaluation_stairs sets it to the stairs' interval below
-        parts.append(lambda t: height if (t + offset) % every < length else 0.0)
+        spikes_at = len(parts)
+        parts.append(_spikes(height, length, every, offset))
         tags.append("eval_spikes" if family != "eval_spikes" else "")
     tags = [tag for tag in tags if tag]
     leak_start = None
@@ -436,8 +437,8 @@ def _draw_family(rng: random.Random, family: str, leak: bool, name: str,
             parts.append(lambda t: rate * max(0.0, t - leak_start))
         elif family == "staircase_leak":
             stair, gap = limit * rng.uniform(0.04, 0.10), rng.uniform(120.0, 1200.0)
-            if evaluation_stairs:
-                every = gap
+            if evaluation_stairs and spikes_at is not None:
+                parts[spikes_at] = _spikes(height, length, gap, offset)
             parts.append(lambda t: stair * (int((t - leak_start) // gap) + 1) if t >= leak_start else 0.0)
             fill_s = gap * left / stair
         else:  # accelerating: quadratic from its start to death
@@ -462,6 +463,12 @@ def _draw_family(rng: random.Random, family: str, leak: bool, name: str,
         return None  # a healthy run that brushed the limit, or a leak that died before it began
     return FamilyTrace(name, "+".join([family] + tags), leak, rows[-1].step if leak else None, rows,
                        leak_start_s=round(leak_start, 2) if leak else None)
+
+
+def _spikes(height: float, length: float, every: float, offset: float) -> Callable[[float], float]:
+    """Evaluation spikes: ``height`` bytes for ``length`` s every ``every`` s (its own scope, so that a
+    later variable of the same name in the caller cannot change them)."""
+    return lambda t: height if (t + offset) % every < length else 0.0
 
 
 def _healthy_shape(rng: random.Random, family: str, limit: float, base: float, hours: float,
