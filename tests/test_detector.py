@@ -466,6 +466,24 @@ def test_a_stair_found_from_the_bins_lowest_readings_is_measured_on_them():
     assert trace.rows[-1].time_s - row.time_s >= 60.0, row.time_s
 
 
+@pytest.mark.parametrize("seed", [9292 * 1009 + 2, 14444 * 1009 + 4])
+def test_a_staircase_two_stairs_from_its_limit_is_aborted_before_the_next(seed):
+    """Noisy staircase leaks (stairs of 8% of the limit every 18 minutes; of 6% every 5 minutes under a GC
+    sawtooth and evaluation spikes) whose next stair leaves the floor 4-5% below the limit, a little more than
+    the highest reading above its stair so far: projected to survive that stair, they died of a reading just
+    after it (aborted 4 s before their death, or never). Two stairs reach the limit: the run is aborted before
+    the next."""
+    trace = generate_family_trace("staircase_leak", seed)
+    guard = MemoryGuard()
+    for row in trace.rows:
+        decision = guard.observe("gpu0", row.step, row.time_s, row.used_bytes, row.limit_bytes)
+        if decision.action == "abort":
+            break
+    assert decision.action == "abort" and trace.rows[-1].time_s - row.time_s >= 60.0, row.time_s
+    assert decision.assessment.window["stairs_to_limit"] == 2
+    assert "projected to leave less than a stair below the" in decision.reason, decision.reason
+
+
 def test_a_cache_filling_between_two_jumps_is_no_staircase():
     """A cache that fills 28% of the limit in 25 minutes, 17 hours into the run, under noise of 2% of the
     limit: the start and the end of its fill each passed for a stair of 2-3% between flat bins, 22 minutes

@@ -644,7 +644,10 @@ class _Stairs:
     staircase (two: the first stair of a leak that starts with the run falls inside the start-up); it
     is projected to die at its next stair when the level now, plus the smallest of their heights,
     plus the highest the readings went above their stair's level since the first of them, reaches
-    the limit. A stair overdue by half a gap ends the staircase (an allocator's stairs stop).
+    the limit; or when two more stairs reach it: the run cannot outlive the stair after next, and
+    after the next one a reading a little higher than any before kills it (aborted one stair early,
+    a leak loses nothing).
+    A stair overdue by half a gap ends the staircase (an allocator's stairs stop).
     Cost: a few comparisons per reading; a bin's close looks at seven bins."""
 
     def __init__(self) -> None:
@@ -724,11 +727,16 @@ class _Stairs:
             if t > times[0]:
                 reached = max(i for i, stair_time in enumerate(times) if stair_time < t)
                 excursion = max(excursion, high - (level if reached == len(times) - 1 else self.stairs[reached][2]))
-        if level + height + excursion < limit:
+        if level + height + excursion >= limit:
+            to_limit = 1
+        elif level + 2 * height >= limit:
+            to_limit = 2
+        else:
             return None
         span = [low for t, low, _, _ in self.history if t > times[0] - STAIR_SIDE * STAIR_BIN_S]
         return {"due": times[-1] + gap, "first": times[0], "gap": gap, "stairs": len(times), "height": height,
-                "level": level, "headroom": height + excursion, "p_value": mann_kendall_p(span), "n_bins": len(span)}
+                "level": level, "headroom": height + excursion, "p_value": mann_kendall_p(span), "n_bins": len(span),
+                "to_limit": to_limit}
 
     def projection(self, time_s: float) -> Optional[dict]:
         """The staircase's death at its next stair (its plan, with ``seconds`` to it), or None: fewer
@@ -1179,7 +1187,7 @@ class TrendDetector:
         a.window_seconds = stairs["span_s"]
         a.window = {"n_chunks": stairs["n_bins"], "span_s": round(stairs["span_s"], 2), "fast": False,
                     "stairs": stairs["stairs"], "stair_bytes": int(stairs["height"]),
-                    "stair_every_s": round(stairs["gap"], 1)}
+                    "stair_every_s": round(stairs["gap"], 1), "stairs_to_limit": stairs["to_limit"]}
         a.note = f"stairs of {stairs['height'] / (1 << 20):.0f} MiB every {stairs['gap']:.0f} s"
         a.seconds_to_limit = stairs["seconds"]
         a.projected_exhaustion_time_s = base.time_s + stairs["seconds"]
