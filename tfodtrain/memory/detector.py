@@ -640,14 +640,15 @@ class _Stairs:
     A stair is a jump between two runs of ``STAIR_SIDE`` bins of ``STAIR_BIN_S``, each run flat within
     half the jump (a ramp, a cache filling, is not flat; a spike is shorter than a run), of the bins'
     mean readings (they scatter less than one reading) or of their lowest (a spike or a GC tooth that
-    comes with every stair lifts the means of the bins that hold it, not their lowest). The last two or three stairs, their gaps and heights agreeing within ``STAIR_REGULAR``, make a
-    staircase (two: the first stair of a leak that starts with the run falls inside the start-up); it
-    is projected to die at its next stair when the level now, plus the smallest of their heights,
-    plus the highest the readings went above their stair's level since the first of them, reaches
-    the limit; or when two more stairs reach it: the run cannot outlive the stair after next, and
-    after the next one a reading a little higher than any before kills it (aborted one stair early,
-    a leak loses nothing).
-    A stair overdue by half a gap ends the staircase (an allocator's stairs stop).
+    comes with every stair lifts the means of the bins that hold it, not their lowest). The last two
+    or three stairs, their gaps and heights agreeing within ``STAIR_REGULAR``, make a staircase (two:
+    the first stair of a leak that starts with the run falls inside the start-up; a gap about twice
+    the other counts as two, a stair between them not found under noise or a sawtooth). It is
+    projected to die at its next stair when the level now, plus the smallest of their heights, plus
+    the highest the readings went above their stair's level since the first of them, reaches the
+    limit; or when two more stairs reach it: the run cannot outlive the stair after next, and after
+    the next one a reading a little higher than any before kills it (aborted one stair early, a leak
+    loses nothing). A stair overdue by half a gap ends the staircase (an allocator's stairs stop).
     Cost: a few comparisons per reading; a bin's close looks at seven bins."""
 
     def __init__(self) -> None:
@@ -701,10 +702,13 @@ class _Stairs:
             return None
         times, heights = [s[0] for s in self.stairs], [s[1] for s in self.stairs]
         gaps = [b - a for a, b in zip(times, times[1:])]
+        # a stair not found between two found (noise, a sawtooth's phase) makes a gap twice the others
+        units = [min(2, max(1, round(g / min(gaps)))) for g in gaps]
+        steps = [g / k for g, k in zip(gaps, units)]
         # stair times are known to a bin: gaps may differ by two bins beyond the ratio
-        if max(gaps) > STAIR_REGULAR * min(gaps) + 2 * STAIR_BIN_S or max(heights) > STAIR_REGULAR * min(heights):
+        if max(steps) > STAIR_REGULAR * min(steps) + 2 * STAIR_BIN_S or max(heights) > STAIR_REGULAR * min(heights):
             return None
-        gap = sum(gaps) / len(gaps)
+        gap = sum(gaps) / sum(units)
         # the level now: the mean readings of the bins closed since the last stair's flat run began
         means = [mean for t, _, _, mean in self.history if t > times[-1] + STAIR_SIDE * STAIR_BIN_S]
         level = _median(means) if means else self.stairs[-1][2]
@@ -715,9 +719,10 @@ class _Stairs:
         starts = [s[3] for s in self.stairs][1:] + [level]
         if any(start < end - height / 2 for start, end in zip(starts, ends)):
             return None
-        # and it is flat between its stairs: a stair starts about where the one before it ended (the
-        # start and the end of a cache filling at a steady rate are two jumps with a ramp between them)
-        if any(start > end + height for start, end in zip(starts[:-1], ends)):
+        # and it is flat between its stairs: a stair starts about where the one before it ended, or one
+        # stair higher across a stair not found (the start and the end of a cache filling at a steady rate
+        # are two jumps with a ramp between them)
+        if any(start > end + k * height for start, end, k in zip(starts[:-1], ends, units)):
             return None
         # How high readings went above their stair's level: each bin since the first stair against
         # the level after the stair it follows. The latest bins count too: the next stair, before it
