@@ -205,16 +205,22 @@ def test_a_noisy_ramp_does_not_end_the_start_up_by_chance():
     assert hits == [None] * 6, [hit and hit[1] for hit in hits]
 
 
-def family_abort(family: str, seed: int, until_s: float, **draw):
-    """Time of the defaults' first abort on a generated family trace up to ``until_s``, or None."""
-    trace = generate_family_trace(family, seed, **draw)
+def _until_abort(trace, until_s: float = math.inf):
+    """(guard, decision) of the defaults replaying ``trace`` up to its first abort (None: no abort up to ``until_s``)."""
     guard = MemoryGuard()
     for row in trace.rows:
         if row.time_s > until_s:
-            return None
-        if guard.observe("gpu0", row.step, row.time_s, row.used_bytes, row.limit_bytes).action == "abort":
-            return row.time_s
-    return None
+            break
+        decision = guard.observe("gpu0", row.step, row.time_s, row.used_bytes, row.limit_bytes)
+        if decision.action == "abort":
+            return guard, decision
+    return guard, None
+
+
+def family_abort(family: str, seed: int, until_s: float, **draw):
+    """Time of the defaults' first abort on a generated family trace up to ``until_s``, or None."""
+    _, decision = _until_abort(generate_family_trace(family, seed, **draw), until_s)
+    return decision and decision.assessment.time_s
 
 
 def test_a_start_that_levels_off_is_judged_by_the_lowest_level_that_fits_it_as_well():
@@ -457,13 +463,11 @@ def test_a_stair_found_from_the_bins_lowest_readings_is_measured_on_them():
     and the run was never aborted. Measured on the readings it was found on, they agree."""
     seed = 32 * 1009 + 6
     trace = generate_family_trace("staircase_leak", seed, evaluation_stairs=True)
-    guard = MemoryGuard()
-    for row in trace.rows:
-        if guard.observe("gpu0", row.step, row.time_s, row.used_bytes, row.limit_bytes).action == "abort":
-            break
-    heights = [height / row.limit_bytes for _, height, _, _ in guard.detectors["gpu0"]._stairs.stairs]
+    guard, decision = _until_abort(trace)
+    limit = trace.rows[-1].limit_bytes
+    heights = [height / limit for _, height, _, _ in guard.detectors["gpu0"]._stairs.stairs]
     assert len(heights) >= 2 and max(heights) <= 1.2 * min(heights), heights
-    assert trace.rows[-1].time_s - row.time_s >= 60.0, row.time_s
+    assert decision is not None and trace.rows[-1].time_s - decision.assessment.time_s >= 60.0, decision
 
 
 @pytest.mark.parametrize("seed", [9292 * 1009 + 2, 14444 * 1009 + 4])
@@ -474,12 +478,8 @@ def test_a_staircase_two_stairs_from_its_limit_is_aborted_before_the_next(seed):
     after it (aborted 4 s before their death, or never). Two stairs reach the limit: the run is aborted before
     the next."""
     trace = generate_family_trace("staircase_leak", seed)
-    guard = MemoryGuard()
-    for row in trace.rows:
-        decision = guard.observe("gpu0", row.step, row.time_s, row.used_bytes, row.limit_bytes)
-        if decision.action == "abort":
-            break
-    assert decision.action == "abort" and trace.rows[-1].time_s - row.time_s >= 60.0, row.time_s
+    _, decision = _until_abort(trace)
+    assert decision is not None and trace.rows[-1].time_s - decision.assessment.time_s >= 60.0, decision
     assert decision.assessment.window["stairs_to_limit"] == 2
     assert "projected to leave less than a stair below the" in decision.reason, decision.reason
 
@@ -489,12 +489,8 @@ def test_a_staircase_with_a_stair_not_found_is_still_one():
     spikes: one stair in the middle was not found, the last three found were 6 and 3 minutes apart, too unequal
     for a staircase, and the run died at a stair without an abort. A gap about twice the other counts as two."""
     trace = generate_family_trace("staircase_leak", 22424 * 1009 + 1)
-    guard = MemoryGuard()
-    for row in trace.rows:
-        decision = guard.observe("gpu0", row.step, row.time_s, row.used_bytes, row.limit_bytes)
-        if decision.action == "abort":
-            break
-    assert decision.action == "abort" and trace.rows[-1].time_s - row.time_s >= 60.0, row.time_s
+    _, decision = _until_abort(trace)
+    assert decision is not None and trace.rows[-1].time_s - decision.assessment.time_s >= 60.0, decision
     assert decision.assessment.window["stair_every_s"] == pytest.approx(180, abs=15)
 
 

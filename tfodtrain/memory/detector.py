@@ -704,9 +704,9 @@ class _Stairs:
         gaps = [b - a for a, b in zip(times, times[1:])]
         # a stair not found between two found (noise, a sawtooth's phase) makes a gap twice the others
         units = [min(2, max(1, round(g / min(gaps)))) for g in gaps]
-        steps = [g / k for g, k in zip(gaps, units)]
+        unit_gaps = [g / k for g, k in zip(gaps, units)]
         # stair times are known to a bin: gaps may differ by two bins beyond the ratio
-        if max(steps) > STAIR_REGULAR * min(steps) + 2 * STAIR_BIN_S or max(heights) > STAIR_REGULAR * min(heights):
+        if max(unit_gaps) > STAIR_REGULAR * min(unit_gaps) + 2 * STAIR_BIN_S or max(heights) > STAIR_REGULAR * min(heights):
             return None
         gap = sum(gaps) / sum(units)
         # the level now: the mean readings of the bins closed since the last stair's flat run began
