@@ -82,6 +82,7 @@ FAST_CONFIRMATIONS = 3  # fits in a row (on successive chunks) in which a fast w
 FAST_CONFIRM_S = 10.0  # or 2 fits this many seconds apart (sparse readings)
 SPIKE_BIN_S = 60.0  # a spike (an evaluation's 20-60 s) never fills two whole bins of this length
 SPIKE_MEMORY_S = 7200.0  # the spikes of the last two hours count as headroom of every growing window
+SPIKE_LOOK_S = 4 * SPIKE_BIN_S  # a fast window's growth that may be a spike: readings looked back on (_spike_like)
 STAIR_BIN_S = 30.0  # stairs: bins of this length, three each side of a jump (90 s: longer than any spike)
 STAIR_SIDE = 3  # bins each side of a stair, all above (after) or below (before) it
 STAIR_SIGMAS = 4.0  # a stair rises by this many sigmas of the bins' means, or of readings (their lowest), and 1%
@@ -838,6 +839,8 @@ class TrendDetector:
         self._previous_used: Optional[int] = None
         self._noise_at: Tuple[Optional[Tuple[int, int]], float] = (None, 0.0)  # (readings, limit) -> noise
         self._spikes = _Spikes()
+        # readings of the last SPIKE_LOOK_S, for _spike_like (bounded: fewer than 4096 readings look back less)
+        self._recent: Deque[Tuple[float, int]] = deque(maxlen=4096)
         self._stairs = _Stairs()
         self._settled = False  # whether SETTLING_S has passed (and the start was judged)
 
@@ -895,6 +898,9 @@ class TrendDetector:
             window.add(step, time_s, used_bytes)
         if time_s - self._first[1] >= SETTLING_S:  # the start's rise is no spike
             self._spikes.add(step, time_s, used_bytes)
+        self._recent.append((time_s, used_bytes))
+        while self._recent[0][0] < time_s - SPIKE_LOOK_S:
+            self._recent.popleft()
         self._stairs.add(step, time_s, used_bytes, self._reading_noise(limit_bytes), limit_bytes)
         if self.readings < self.min_readings:
             base.note = f"{self.readings} of {self.min_readings} readings after the start-up"
@@ -957,6 +963,7 @@ class TrendDetector:
         # In the run's first SETTLING_S, a rise that levels off below the limit is the start (the
         # allocator filling its working set, the first evaluation): the fast windows do not speak
         # while the readings since the first follow such a curve (the long windows still do).
+        spike_like = None  # whether the latest readings may be an evaluation spike (judged when needed)
         settling_start = base.time_s - self._first[1] < SETTLING_S and any(w.fast and w.trends for w in self.windows) \
             and self._levels_off(base.limit_bytes, self._reading_noise(base.limit_bytes))
         for window in self.windows:
@@ -978,6 +985,9 @@ class TrendDetector:
                         window.streak >= 2 and base.time_s - window.streak_since >= FAST_CONFIRM_S)
                     growing = confirmed and not settling \
                         and self._fast_regime(trend, base, noise)
+                    if growing:
+                        spike_like = self._spike_like(base, noise) if spike_like is None else spike_like
+                        growing = not spike_like
                 else:
                     # Long windows are fitted again at every chunk for days: a chance drift of a
                     # plateau passes the test now and then, so the floors must also rise clearly
@@ -1118,6 +1128,28 @@ class TrendDetector:
         if trend.slope_per_s * trend.summary["span_s"] < FAST_RISE_SIGMAS * math.sqrt(6.0 / n) * noise:
             return False
         return self._new_territory(trend, base.time_s, noise) and self._still_on_track(trend, base, noise)
+
+    def _spike_like(self, base: Assessment, noise: float) -> bool:
+        """The latest readings may be an evaluation spike like those remembered, which a fast window
+        cannot tell from a fast leak's first minute under noisy readings. They stand above the readings
+        of two to four minutes ago by no more than the highest spike remembered (and two noise sigmas),
+        while those of one to two minutes ago do not stand above them (within the scatter of the two
+        medians, and by less than a quarter of the rise since): a spike lasts less than a minute, a leak
+        rose then too. Such growth waits until it outlasts a spike or outgrows one."""
+        height = self._spikes.height()
+        if height <= 2.0 * noise:
+            return False
+        now = base.time_s
+        before = [u for t, u in self._recent if t < now - 2 * SPIKE_BIN_S]
+        between = [u for t, u in self._recent if now - 2 * SPIKE_BIN_S <= t < now - SPIKE_BIN_S]
+        if len(before) < 2 or not between:
+            return False
+        level, mid = _median(before), _median(between)
+        latest = _median([self._recent[-i][1] for i in range(1, min(3, len(self._recent)) + 1)])
+        # a median of k readings scatters by about 1.25 sigma / sqrt(k)
+        flat = mid - level <= 2.0 * 1.25 * noise * math.sqrt(1.0 / len(before) + 1.0 / len(between)) \
+            and mid - level <= 0.25 * (latest - mid)
+        return flat and latest - level <= height + 2.0 * noise
 
     def _new_territory(self, trend: _Trend, time_s: float, noise: float) -> bool:
         """A fast window's growth counts only where memory goes higher than it went before the
