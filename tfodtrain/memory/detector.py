@@ -839,7 +839,7 @@ class TrendDetector:
         self._previous_used: Optional[int] = None
         self._noise_at: Tuple[Optional[Tuple[int, int]], float] = (None, 0.0)  # (readings, limit) -> noise
         self._spikes = _Spikes()
-        # readings of the last SPIKE_LOOK_S, for _spike_like (bounded: fewer than 4096 readings look back less)
+        # readings of the last SPIKE_LOOK_S, for _spike_like (at most 4096: above 17 readings a second it looks back less)
         self._recent: Deque[Tuple[float, int]] = deque(maxlen=4096)
         self._stairs = _Stairs()
         self._settled = False  # whether SETTLING_S has passed (and the start was judged)
