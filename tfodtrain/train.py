@@ -187,9 +187,10 @@ def train(cfg: DictConfig) -> dict:
     writer.flush()
     masks = (f", mask AP {metrics['mask_AP']:.3f}, mask AP50 {metrics['mask_AP50']:.3f}, "
              f"mask AP75 {metrics['mask_AP75']:.3f}" if "mask_AP" in metrics else "")
-    log.info("Finished at step %d: AP %.3f, AP50 %.3f, AP75 %.3f%s; %s steps/s; metrics in %s", final_step,
+    pace = f"{summary['steps_per_second']} steps/s" if remaining > 0 else "no steps left to train"
+    log.info("Finished at step %d: AP %.3f, AP50 %.3f, AP75 %.3f%s; %s; metrics in %s", final_step,
              metrics.get("AP", float("nan")), metrics.get("AP50", float("nan")), metrics.get("AP75", float("nan")),
-             masks, summary["steps_per_second"], run_dir / rundir.METRICS)
+             masks, pace, run_dir / rundir.METRICS)
     return result
 
 
