@@ -10,7 +10,7 @@ import pytest
 
 from tfodtrain.memory.detector import (TrendDetector, _Chunk, _lags, _Spikes, _stalled, _steps_up_past_a_spike,
                                        fit_trend, mann_kendall_p, theil_sen_slope)
-from tfodtrain.memory.guard import MemoryGuard
+from tfodtrain.memory.guard import MemoryGuard, run_abort_command
 from tfodtrain.memory.policy import Decision, GuardPolicy, GuardSettings
 from tfodtrain.memory.tracegen import generate_family_trace
 
@@ -643,6 +643,20 @@ def test_settings_defaults_and_validation():
             GuardSettings.from_mapping(bad)
         message = str(error.value)
         assert words in message and "\n" not in message
+
+
+def test_abort_command_gets_the_report_in_its_environment_and_its_failure_is_a_warning(tmp_path, caplog):
+    """The callback and the watch both run `guard.on_abort_command` through run_abort_command."""
+    report = {"reason": "gpu0: memory grows", "step": 812}
+    out = tmp_path / "env.txt"
+    command = f'echo "$TFODTRAIN_ABORT_REPORT|$TFODTRAIN_RUN_DIR|$TFODTRAIN_ABORT_REASON|$TFODTRAIN_ABORT_STEP" > {out}'
+    run_abort_command(command, report, tmp_path / "abort_report.json", tmp_path)
+    assert out.read_text().strip() == f"{tmp_path / 'abort_report.json'}|{tmp_path}|gpu0: memory grows|812"
+    assert not caplog.records
+    run_abort_command("exit 3", report, tmp_path / "abort_report.json", tmp_path)
+    assert [r.getMessage() for r in caplog.records] == ["on_abort_command exited 3: exit 3"]
+    run_abort_command(None, report, tmp_path / "abort_report.json", tmp_path)  # none set: nothing runs
+    assert len(caplog.records) == 1
 
 
 def _growing_assessment(seconds_to_limit, time_s=5000.0, pool="gpu1"):

@@ -58,7 +58,7 @@ import psutil
 from tfodtrain import exit_codes, rundir
 from tfodtrain.checkpoint_files import PREFIX, STATE_FILE, candidates
 from tfodtrain.memory import probes
-from tfodtrain.memory.guard import MemoryGuard, abort_fields
+from tfodtrain.memory.guard import MemoryGuard, abort_fields, run_abort_command
 from tfodtrain.memory.policy import GuardSettings
 from tfodtrain.memory.traces import TraceWriter
 from tfodtrain.supervise import Supervisor, _die_with_parent, describe_end, exit_code_of
@@ -784,24 +784,11 @@ class Watch:
         else:
             report["new_checkpoint_seen"] = None
         self._write_report(report)
-        self._run_abort_command(report)
+        run_abort_command(self.o.settings.on_abort_command, report, self.run_dir / rundir.ABORT_REPORT,
+                          self.run_dir)
 
     def _write_report(self, report: dict) -> None:
         rundir.write_json(self.run_dir / rundir.ABORT_REPORT, report)
-
-    def _run_abort_command(self, report: dict) -> None:
-        command = self.o.settings.on_abort_command
-        if not command:
-            return
-        env = dict(os.environ, TFODTRAIN_ABORT_REPORT=str(self.run_dir / "abort_report.json"),
-                   TFODTRAIN_RUN_DIR=str(self.run_dir), TFODTRAIN_ABORT_REASON=report["reason"],
-                   TFODTRAIN_ABORT_STEP=str(report["step"]))
-        try:
-            done = subprocess.run(command, shell=True, env=env, timeout=120)
-            if done.returncode:
-                log.warning("on_abort_command exited %d: %s", done.returncode, command)
-        except (OSError, subprocess.TimeoutExpired) as error:
-            log.warning("on_abort_command failed (%s): %s", error, command)
 
 
 class ScalarEvents:

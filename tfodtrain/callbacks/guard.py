@@ -30,14 +30,13 @@ import datetime
 import json
 import logging
 import os
-import subprocess
 import time
 
 from tfodtrain import exit_codes
 from tfodtrain.callbacks.base import AbortRequest, RunCallback
 from tfodtrain.callbacks.clues import LeakClues, markdown
 from tfodtrain.exit_codes import UserError
-from tfodtrain.memory.guard import MemoryGuard, abort_fields
+from tfodtrain.memory.guard import MemoryGuard, abort_fields, run_abort_command
 from tfodtrain.memory.policy import GuardSettings
 
 log = logging.getLogger(__name__)
@@ -177,7 +176,7 @@ class LeakGuard(RunCallback):
         self._summary("guard/leak_clues", markdown(report["leak_clues"]), sample.step)
         self.run.request_abort(AbortRequest(exit_codes.GUARD_ABORT, decision.reason, report))
         self.model.stop_training = True
-        self._run_abort_command(report, path)
+        run_abort_command(self.settings.on_abort_command, report, path, self.run.run_dir)
 
     def abort_report(self, decision, sample, checkpoint) -> dict:
         return {
@@ -193,16 +192,3 @@ class LeakGuard(RunCallback):
             "settings": self.settings.to_dict(),
             "leak_clues": self.clues.report(sample.step),
         }
-
-    def _run_abort_command(self, report: dict, report_path) -> None:
-        command = self.settings.on_abort_command
-        if not command:
-            return
-        env = dict(os.environ, TFODTRAIN_ABORT_REPORT=str(report_path), TFODTRAIN_RUN_DIR=str(self.run.run_dir),
-                   TFODTRAIN_ABORT_REASON=report["reason"], TFODTRAIN_ABORT_STEP=str(report["step"]))
-        try:
-            done = subprocess.run(command, shell=True, env=env, timeout=120)
-            if done.returncode:
-                log.warning("on_abort_command exited %d: %s", done.returncode, command)
-        except (OSError, subprocess.TimeoutExpired) as error:
-            log.warning("on_abort_command failed (%s): %s", error, command)

@@ -15,12 +15,17 @@ Example::
 
 from __future__ import annotations
 
+import logging
 import math
+import os
+import subprocess
 from typing import Dict, Iterable, Optional, Tuple
 
 from tfodtrain.memory.detector import Assessment, TrendDetector
 from tfodtrain.memory.policy import Decision, GuardPolicy, GuardSettings
 from tfodtrain.units import MIB
+
+log = logging.getLogger(__name__)
 
 Reading = Tuple[str, int, float, int, int]  # pool, step, time_s, used_bytes, limit_bytes
 
@@ -102,6 +107,22 @@ def abort_fields(decision: Decision) -> dict:
         "seconds_to_limit": a.seconds_to_limit,
         "assessment": a.to_dict(),
     }
+
+
+def run_abort_command(command: Optional[str], report: dict, report_path, run_dir) -> None:
+    """Run ``guard.on_abort_command`` (a shell command; none: nothing) after an abort, with the report's
+    path, the run dir, the reason and the step in its environment. It may take 2 minutes; its failure
+    is a logged warning: the abort itself is done."""
+    if not command:
+        return
+    env = dict(os.environ, TFODTRAIN_ABORT_REPORT=str(report_path), TFODTRAIN_RUN_DIR=str(run_dir),
+               TFODTRAIN_ABORT_REASON=report["reason"], TFODTRAIN_ABORT_STEP=str(report["step"]))
+    try:
+        done = subprocess.run(command, shell=True, env=env, timeout=120)
+        if done.returncode:
+            log.warning("on_abort_command exited %d: %s", done.returncode, command)
+    except (OSError, subprocess.TimeoutExpired) as error:
+        log.warning("on_abort_command failed (%s): %s", error, command)
 
 
 def _more_urgent(a: Decision, b: Decision) -> bool:
