@@ -12,6 +12,10 @@ resumed run loses only the steps since the warning. It is an ordinary numbered c
 CheckpointManager (`ckpt-<step>`), kept under the same `trainer.keep_checkpoints` newest-N policy; a
 failed one is a logged warning, and training goes on.
 
+Each periodic evaluation (`run.eval_spans`) is reported to the guard (`MemoryGuard.spike_span`): how high it
+lifted each pool counts as headroom of the growth the guard projects for the next two hours, even in the run's
+first minutes and when readings are sparse, so a leak that would die at the next evaluation is aborted before it.
+
 TensorBoard, per pool, at every reading the guard judged: `guard/<pool>/slope_mib_per_min`,
 `guard/<pool>/confidence` (of growth) and, while it grows, `guard/<pool>/seconds_to_limit`; texts and
 markers `guard/warning`, `guard/insurance`, `guard/abort`, `guard/leak_clues`.
@@ -83,6 +87,7 @@ class LeakGuard(RunCallback):
         self.last_decision = None
         self.insurance: list[dict] = []  # every insurance save: step, pool, path, seconds, error
         self._insured_at: float | None = None  # monotonic time of the last insurance save (attempt)
+        self._spans_told = 0  # the run's evaluations (run.eval_spans) reported to the guard
         self._scalars = None  # tfodtrain.callbacks.scalars.ScalarWriter, made on the first reading
 
     def on_train_begin(self, logs=None):
@@ -98,6 +103,10 @@ class LeakGuard(RunCallback):
             return
         step = self.run.step_of(batch)
         samples = self.run.memory.due_samples(step, self.run.execution_steps(step))
+        while self._spans_told < len(self.run.eval_spans):  # evaluations since: spikes to expect again
+            start, end = self.run.eval_spans[self._spans_told]
+            self._spans_told += 1
+            self.guard.spike_span(self.run.memory.run_time_s(start), self.run.memory.run_time_s(end))
         if not samples:
             return
         self.clues.observe(samples[-1].step, self.model, self._summary)

@@ -46,6 +46,12 @@ class PoolReading:
     limit_bytes: int | None
     extra_mib: dict  # other figures of this pool, in MiB, for TensorBoard (tag suffix -> value)
 
+    @property
+    def peak_bytes(self) -> int:
+        """The highest this pool went: the reading, or TensorFlow's allocator peak since the previous
+        step-end reading (it holds what happened between readings: an evaluation's peak)."""
+        return max(self.used_bytes, int(self.extra_mib.get("tf_peak_mib", 0.0) * MIB))
+
 
 @dataclasses.dataclass
 class MemorySample:
@@ -55,8 +61,10 @@ class MemorySample:
     raw: dict  # every probe's fields, for memory_readings.jsonl
 
     def guard_readings(self):
-        """(pool, step, time_s, used, limit) for every pool with a known limit."""
-        return [(p.pool, self.step, self.time_s, p.used_bytes, p.limit_bytes)
+        """(pool, step, time_s, used, limit, peak) for every pool with a known limit; peak: the allocator's
+        peak since the previous step-end reading, where TensorFlow's allocator is read (else None)."""
+        return [(p.pool, self.step, self.time_s, p.used_bytes, p.limit_bytes,
+                 p.peak_bytes if "tf_peak_mib" in p.extra_mib else None)
                 for p in self.pools.values() if p.limit_bytes]
 
 
@@ -102,6 +110,10 @@ class MemorySampler:
         self._last_reading_at = time.monotonic()  # any reading (monotonic s)
         self._last_step_reading_at = self._last_reading_at  # a step-end reading
         self._taken: tuple[int | None, tuple] = (None, ())  # (step, its samples): every caller gets the same
+
+    def run_time_s(self, monotonic_s: float) -> float:
+        """A ``time.monotonic()`` instant on the readings' clock (seconds since the run first started)."""
+        return monotonic_s - self._clock_start
 
     def _previous_time_s(self) -> float:
         """A resumed run continues the time axis of the traces it appends to."""
@@ -262,8 +274,7 @@ class MemorySampler:
                "gpus": [g.to_dict() for g in gpus], "tf_allocator": allocator,
                "pools": {p.pool: {"used_bytes": p.used_bytes, "limit_bytes": p.limit_bytes} for p in pools.values()}}
         for p in pools.values():
-            peak = max(p.used_bytes, int(p.extra_mib.get("tf_peak_mib", 0.0) * MIB))
-            self.peak_bytes[p.pool] = max(self.peak_bytes.get(p.pool, 0), peak)
+            self.peak_bytes[p.pool] = max(self.peak_bytes.get(p.pool, 0), p.peak_bytes)
         if background:
             raw["background"] = True
         else:

@@ -608,6 +608,7 @@ class _Spikes:
     def __init__(self) -> None:
         self.bins: Deque[_Chunk] = deque(maxlen=3)
         self.excess: Deque[Tuple[float, float]] = deque()  # (time, height)
+        self.told: Deque[Tuple[float, float]] = deque(maxlen=64)  # (time, height) of spikes the run reported
         self._height: Optional[float] = None
 
     def add(self, step: int, time_s: float, used: int) -> None:
@@ -630,6 +631,16 @@ class _Spikes:
         if self._height is None:
             self._height = max([h for _, h in self.excess] + [0.0])
         return self._height
+
+    def tell(self, time_s: float, height: float) -> None:
+        """A spike the run itself reports (an evaluation): its height above the readings before it."""
+        self.told.append((time_s, float(height)))
+
+    def headroom(self, time_s: float) -> float:
+        """The highest spike of the last ``SPIKE_MEMORY_S``, seen in the readings or told by the run."""
+        while self.told and self.told[0][0] < time_s - SPIKE_MEMORY_S:
+            self.told.popleft()
+        return max([self.height()] + [h for _, h in self.told])
 
 
 class _Stairs:
@@ -843,6 +854,18 @@ class TrendDetector:
         self._recent: Deque[Tuple[float, int]] = deque(maxlen=4096)
         self._stairs = _Stairs()
         self._settled = False  # whether SETTLING_S has passed (and the start was judged)
+
+    def note_spike(self, time_s: float, height_bytes: float) -> None:
+        """The run reports a spike it caused, say an evaluation that reached ``height_bytes`` above the
+        readings before it and ended at ``time_s``. For the next ``SPIKE_MEMORY_S`` it counts as
+        headroom of every growing window, like the spikes seen in the readings: the next evaluation
+        may come as high. It only makes the guard more careful: it never holds growth back (the
+        evaluation-spike check of the fast windows, ``_spike_like``, looks at the readings alone).
+
+        Example: ``detector.note_spike(1830.0, 2 << 30)`` after a 2 GiB evaluation, 1830 s into the run.
+        """
+        if height_bytes > 0:
+            self._spikes.tell(time_s, height_bytes)
 
     def _forget_the_start(self) -> None:
         """The run's first SETTLING_S followed a rise that levelled off below the limit (the start):
@@ -1168,8 +1191,9 @@ class TrendDetector:
         return base.used_bytes >= trend.floor_at(base.time_s) - NOISE_PEAK_Z * noise
 
     def _room_above(self, window: _Window, trend: _Trend, noise: float) -> float:
-        """A growing window's headroom: its own, or the highest spike of the last two hours if higher."""
-        return max(self._headroom(window, trend, noise), self._spikes.height())
+        """A growing window's headroom: its own, or the highest spike of the last two hours if higher
+        (those the run reported too: evaluations that the readings, sparse or still in the start, missed)."""
+        return max(self._headroom(window, trend, noise), self._spikes.headroom(trend.last_time))
 
     @staticmethod
     def _headroom(window: _Window, trend: _Trend, noise: float) -> float:

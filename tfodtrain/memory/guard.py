@@ -19,7 +19,7 @@ import logging
 import math
 import os
 import subprocess
-from typing import Dict, Iterable, Optional, Tuple
+from typing import Dict, Iterable, List, Optional, Tuple
 
 from tfodtrain.memory.detector import Assessment, TrendDetector
 from tfodtrain.memory.policy import Decision, GuardPolicy, GuardSettings
@@ -27,7 +27,7 @@ from tfodtrain.units import MIB
 
 log = logging.getLogger(__name__)
 
-Reading = Tuple[str, int, float, int, int]  # pool, step, time_s, used_bytes, limit_bytes
+Reading = Tuple  # pool, step, time_s, used_bytes, limit_bytes[, peak_bytes: the highest since the reading before]
 
 
 class MemoryGuard:
@@ -41,6 +41,9 @@ class MemoryGuard:
         self.detectors: Dict[str, TrendDetector] = {}
         self.policies: Dict[str, GuardPolicy] = {}
         self.assessments: Dict[str, Assessment] = {}
+        self._latest: Dict[str, int] = {}  # pool -> its latest reading (bytes)
+        # spans the run reported (start, end, pool -> reading before, pool -> highest within), until judged
+        self._spans: List[Tuple[float, float, Dict[str, int], Dict[str, int]]] = []
 
     def _detector(self, pool: str) -> TrendDetector:
         detector = self.detectors.get(pool)
@@ -56,10 +59,28 @@ class MemoryGuard:
             self.policies[pool] = GuardPolicy(s)
         return detector
 
-    def observe(self, pool: str, step: int, time_s: float, used_bytes: int, limit_bytes: int) -> Decision:
-        """Feed one reading of one pool; returns the decision for that pool."""
+    def spike_span(self, start_s: float, end_s: float) -> None:
+        """The run reports a span of its own that lifts memory for a while, an evaluation, on the
+        readings' clock. With the first reading of a pool after it, the highest reading within it
+        (or the peak the reading after it reports) above the last reading before it becomes a spike
+        of that pool's detector (``TrendDetector.note_spike``): the guard is more careful about the
+        next one, never blinder. The readings alone find such spikes only after the run's start and
+        when several readings fall on them.
+
+        Example: ``guard.spike_span(1800.0, 1830.0)`` after an evaluation, then readings as usual.
+        """
+        if self.settings.mode != "off" and end_s > start_s:
+            self._spans.append((start_s, end_s, dict(self._latest), {}))
+
+    def observe(self, pool: str, step: int, time_s: float, used_bytes: int, limit_bytes: int,
+                peak_bytes: Optional[int] = None) -> Decision:
+        """Feed one reading of one pool; returns the decision for that pool. ``peak_bytes``: the
+        highest the pool went since its reading before, where known (an allocator's peak)."""
         if self.settings.mode == "off":
             return Decision("ok", "", None, pool)
+        if self._spans:
+            self._judge_spans(pool, time_s, used_bytes, peak_bytes)
+        self._latest[pool] = used_bytes
         assessment = self._detector(pool).update(step, time_s, used_bytes, limit_bytes)
         self.assessments[pool] = assessment
         return self.policies[pool].decide(assessment)
@@ -68,12 +89,25 @@ class MemoryGuard:
         """Feed one reading per pool (same step); returns the most urgent decision: abort over
         warn over ok, and among equals the pool projected to run out first."""
         best: Optional[Decision] = None
-        for pool, step, time_s, used_bytes, limit_bytes in readings:
-            decision = self.observe(pool, step, time_s, used_bytes, limit_bytes)
+        for pool, step, time_s, used_bytes, limit_bytes, *peak in readings:
+            decision = self.observe(pool, step, time_s, used_bytes, limit_bytes, *peak)
             if best is None or _more_urgent(decision, best):
                 best = decision
         return best if best is not None else Decision()
 
+    def _judge_spans(self, pool: str, time_s: float, used: int, peak: Optional[int]) -> None:
+        for start, end, before, highest in self._spans:
+            if time_s < start:
+                before[pool] = used  # a reading before the span, observed after it was reported
+            elif pool not in before:
+                continue  # no reading of this pool before the span: nothing to measure it against
+            elif time_s <= end:
+                highest[pool] = max(highest.get(pool, used), used, peak or 0)
+            else:  # the first reading after the span; its peak since the reading before covers the span's end
+                height = max(highest.get(pool, 0), peak or 0) - before.pop(pool)
+                self._detector(pool).note_spike(end, height)
+        # judged for every pool read before it (a pool no longer read: given up after an hour)
+        self._spans = [span for span in self._spans if span[2] and time_s - span[1] < 3600.0]
 
     def state_scalars(self, pools: Iterable[str]) -> Dict[str, float]:
         """TensorBoard scalars of the guard's state for ``pools`` (those with a ready assessment):

@@ -1,0 +1,132 @@
+"""Evaluations the run reports to the leak guard: headroom from the first one on, never a reason to wait.
+
+The guard-level tests replay generated readings (a plateau with 30-s evaluations every 8 minutes, then a
+leak that dies at an evaluation). The callback test drives the real LeakGuard and MemorySampler with its
+background thread; NVML is scripted (no GPU here) so that the evaluation lifts the GPU pool by 4 GiB.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+
+import pytest
+
+from tfodtrain.memory.guard import MemoryGuard
+
+GIB = 1 << 30
+LIMIT = 16 * GIB
+EVAL_EVERY, EVAL_S, FIRST_EVAL = 480.0, 30.0, 240.0
+
+
+def readings(seed: int, leak_per_s: float, spike: float = 0.15, end_s: float = 4000.0):
+    """(time, used): a floor at 60% of the limit, noise of 0.5%, readings every 4-6 s, evaluations
+    lifting memory by `spike` (share of the limit) for 30 s from 240 s on, and from 300 s a leak of
+    `leak_per_s` (share of the limit a second); up to the first reading at the limit."""
+    rnd, rows, t = random.Random(seed), [], 0.0
+    while t < end_s:
+        t += rnd.uniform(4.0, 6.0)
+        floor = 0.60 + leak_per_s * max(0.0, t - 300.0)
+        in_eval = t >= FIRST_EVAL and (t - FIRST_EVAL) % EVAL_EVERY < EVAL_S
+        rows.append((t, int((floor + (spike if in_eval else 0.0) + rnd.gauss(0.0, 0.005)) * LIMIT)))
+        if rows[-1][1] >= LIMIT:
+            break
+    return rows
+
+
+def replay(rows, report: bool):
+    """Abort time (None: none) and warnings; with `report`, each evaluation is reported to the guard as
+    the training callback does: after it ended, before its readings reach the guard."""
+    guard, reported, warnings = MemoryGuard(), set(), 0
+    for index, (t, used) in enumerate(rows):
+        start = FIRST_EVAL + (t - FIRST_EVAL) // EVAL_EVERY * EVAL_EVERY
+        if report and t >= FIRST_EVAL and start not in reported:
+            reported.add(start)
+            guard.spike_span(start, start + EVAL_S)
+        decision = guard.observe("gpu0", index, t, used, LIMIT)
+        warnings += decision.action == "warn"
+        if decision.action == "abort":
+            return t, warnings
+    return None, warnings
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_a_leak_that_dies_at_its_second_evaluation_is_aborted_a_minute_ahead_when_the_first_was_reported(seed):
+    # 0.062% of the limit a second from 300 s: the floor is at 86% when the evaluation at 720 s lifts it by
+    # 15%. The first evaluation (240 s) falls in the run's first 10 minutes, where the readings' rises are
+    # the start's, not spikes: unreported, the guard projects the floor with noise headroom alone.
+    rows = readings(seed, 0.00062)
+    death = rows[-1][0]
+    assert 715 < death < 730
+    unreported, _ = replay(rows, report=False)
+    assert unreported is None or death - unreported < 60
+    reported, _ = replay(rows, report=True)
+    assert reported is not None and death - reported >= 60
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_a_plateau_whose_evaluations_are_reported_is_neither_aborted_nor_warned(seed):
+    rows = readings(seed, 0.0, end_s=6 * 3600.0)
+    assert max(used for _, used in rows) < LIMIT
+    assert replay(rows, report=True) == (None, 0)
+
+
+def test_a_span_is_measured_from_the_reading_before_it_and_an_allocator_peak_after_it():
+    guard = MemoryGuard()
+    guard.observe("gpu0", 1, 100.0, 6 * GIB, LIMIT)
+    guard.observe("host", 1, 100.0, 2 * GIB, LIMIT)
+    guard.spike_span(101.0, 131.0)  # reported after it ended, before its readings reach the guard
+    guard.observe("host", 1, 110.0, 3 * GIB, LIMIT)  # a background reading within it (host only)
+    guard.observe_many([("gpu0", 2, 140.0, 6 * GIB, LIMIT, 9 * GIB), ("host", 2, 140.0, 2 * GIB, LIMIT, None)])
+    told = {pool: [h for _, h in d._spikes.told] for pool, d in guard.detectors.items()}
+    assert told == {"gpu0": [3 * GIB], "host": [1 * GIB]}
+    assert guard._spans == []  # judged for every pool read before it
+
+
+tf = pytest.importorskip("tensorflow")
+
+
+class ScriptedNvml:
+    """NVML stand-in (mocked: no GPU here): one card whose per-process bytes the test sets."""
+
+    def __init__(self, process_bytes: int):
+        self.process_bytes = process_bytes
+
+    def read(self):
+        from tfodtrain.memory.probes import GpuReading
+
+        used = self.process_bytes + GIB
+        return [GpuReading(0, 0, "Scripted", "GPU-scripted", used_bytes=used, total_bytes=LIMIT,
+                           free_bytes=LIMIT - used, process_bytes=self.process_bytes, other_processes_bytes=0)]
+
+    def status(self):
+        return {"available": True}
+
+
+def test_the_callback_reports_each_evaluation_with_the_readings_clock(tmp_path):
+    from tfodtrain.callbacks.base import RunContext
+    from tfodtrain.callbacks.guard import LeakGuard
+    from tfodtrain.callbacks.monitor import MemorySampler
+
+    nvml = ScriptedNvml(2 * GIB)
+    sampler = MemorySampler(interval_steps=1, run_dir=tmp_path, nvml_probe=nvml, interval_s=0.05)
+    run = RunContext(run_dir=tmp_path, config={}, checkpointer=None,
+                     summary_writer=tf.summary.create_file_writer(str(tmp_path / "tensorboard")),
+                     initial_step=0, total_steps=10, memory=sampler)
+    guard = LeakGuard(mode="warn", insurance_every_s=None)
+    guard.attach(run)
+    guard.on_train_begin()
+    try:
+        guard.on_train_batch_end(0)  # step 1's reading: 2 GiB
+        start = time.monotonic()  # an evaluation (as PeriodicEvaluation runs one): 6 GiB while it runs
+        nvml.process_bytes = 6 * GIB
+        time.sleep(0.5)  # the background thread reads meanwhile
+        nvml.process_bytes = 2 * GIB
+        run.eval_spans.append((start, time.monotonic()))
+        time.sleep(0.1)
+        guard.on_train_batch_end(1)
+    finally:
+        guard.on_train_end()
+    told = guard.guard.detectors["gpu0"]._spikes.told
+    assert [h for _, h in told] == [4 * GIB]
+    assert told[0][0] == pytest.approx(sampler.run_time_s(run.eval_spans[0][1]))
