@@ -323,6 +323,23 @@ def test_a_fast_leak_after_evaluation_spikes_as_high_as_its_first_minutes_is_abo
         assert hit is not None and death - hit[1] >= 60, (seed, hit and hit[1], death)
 
 
+@pytest.mark.parametrize("seed", [12525 * 1009 + 5, 20404 * 1009 + 4])
+def test_a_fast_leak_whose_quarters_fail_one_fit_in_three_by_chance_is_confirmed_by_three_of_four(seed):
+    """3-minute leaks from 30 minutes into the run, under noise of 1.8-2% of the limit, read every 7 s: the
+    fast windows' rising-quarters test failed one fit in two or three, and each failure started the streak
+    of 3 fits in a row over. They were aborted 50 and 68 s before they died (99 and 105 s now)."""
+    trace = generate_family_trace("leak_3min", seed)
+    abort = family_abort("leak_3min", seed, math.inf)
+    assert abort is not None and trace.rows[-1].time_s - abort >= 90.0, abort
+
+
+def test_a_plateaus_start_that_flickers_near_its_level_is_not_confirmed_by_three_of_four():
+    """A plateau at 94% of the limit under a GC sawtooth, 4-5 minutes in: its start's tail passes the fast
+    windows' tests in 4 fits of 5. Three of the last four fits would abort it at 328 s: they confirm growth
+    only after the run's first 10 minutes."""
+    assert family_abort("high_plateau", 7171 * 1009 + 4, 1800) is None
+
+
 def test_a_cache_that_fills_in_twenty_minutes_and_stops_at_85_percent_is_not_aborted():
     fill = lambda t: 10 * GIB * min(1.0, max(0.0, (t - 3 * 3600) / 1200))  # noqa: E731
     assert first_abort(lambda t: warm(fill(t), t, base=24 * GIB), limit=40 * GIB, every_s=5.0,

@@ -80,6 +80,7 @@ LONG_RISE_SIGMAS = 3.0  # a long window's rise, in sigmas of its floors' scatter
 FAST_REACH_S = 10800.0  # a fast window fits only growth that would reach the limit within this (6 x warn horizon)
 FAST_CONFIRMATIONS = 3  # fits in a row (on successive chunks) in which a fast window must see growth,
 FAST_CONFIRM_S = 10.0  # or 2 fits this many seconds apart (sparse readings)
+FAST_CONFIRM_OF = 4  # or, after the run's first SETTLING_S, FAST_CONFIRMATIONS of this many latest fits (the latest one too)
 SPIKE_BIN_S = 60.0  # a spike (an evaluation's 20-60 s) never fills two whole bins of this length
 SPIKE_MEMORY_S = 7200.0  # the spikes of the last two hours count as headroom of every growing window
 SPIKE_LOOK_S = 4 * SPIKE_BIN_S  # a fast window's growth that may be a spike: readings looked back on (_spike_like)
@@ -221,6 +222,7 @@ class _Window:
         self.judged_from = math.inf  # fast: when the start-up ended (set by the detector)
         self.streak, self.streak_fits = 0, 0  # fast: fits in a row that saw a new regime; the last one counted
         self.streak_since = 0.0  # fast: when the streak began
+        self.seen = 0  # fast: bits of the last FAST_CONFIRM_OF fits, 1 where it saw a new regime (latest lowest)
         self.twin: Optional["_Window"] = None  # fast: a window whose fits ours equal when it holds the same readings
 
     @property
@@ -986,6 +988,7 @@ class TrendDetector:
         # In the run's first SETTLING_S, a rise that levels off below the limit is the start (the
         # allocator filling its working set, the first evaluation): the fast windows do not speak
         # while the readings since the first follow such a curve (the long windows still do).
+        settled = base.time_s - self._first[1] >= SETTLING_S
         spike_like = None  # whether the latest readings may be an evaluation spike (judged when needed)
         settling_start = base.time_s - self._first[1] < SETTLING_S and any(w.fast and w.trends for w in self.windows) \
             and self._levels_off(base.limit_bytes, self._reading_noise(base.limit_bytes))
@@ -995,6 +998,7 @@ class TrendDetector:
                 if window.streak_fits != window.fits:  # a new fit: growth seen once more, or not
                     window.streak_fits = window.fits
                     seen = any(self._fast_regime(trend, base, noise) for trend in window.trends)
+                    window.seen = (window.seen << 1 | seen) & ((1 << FAST_CONFIRM_OF) - 1)
                     window.streak = window.streak + 1 if seen else 0
                     window.streak_since = window.streak_since if window.streak > 1 else base.time_s
             # The window's longest view since the start-up settling below the limit (growth that
@@ -1004,8 +1008,12 @@ class TrendDetector:
                 and not math.isfinite(self._seconds_to_limit(judged[-1], base, NOISE_PEAK_Z * noise))
             for trend in window.trends:
                 if window.fast:
+                    # Under noise a fast leak's quarters fail one fit in two or three by chance, and a
+                    # streak would start over each time: after the start, 3 of the last 4 fits confirm it
+                    # too. Not at the start, whose tail near a plateau's level flickers the same way.
                     confirmed = window.streak >= FAST_CONFIRMATIONS or (
-                        window.streak >= 2 and base.time_s - window.streak_since >= FAST_CONFIRM_S)
+                        window.streak >= 2 and base.time_s - window.streak_since >= FAST_CONFIRM_S) or (
+                        window.streak >= 1 and settled and bin(window.seen).count("1") >= FAST_CONFIRMATIONS)
                     growing = confirmed and not settling \
                         and self._fast_regime(trend, base, noise)
                     if growing:
