@@ -118,11 +118,16 @@ def test_the_callback_reports_each_evaluation_with_the_readings_clock(tmp_path):
     guard.on_train_begin()
     try:
         guard.on_train_batch_end(0)  # step 1's reading: 2 GiB
-        start = time.monotonic()  # an evaluation (as PeriodicEvaluation runs one): 6 GiB while it runs
-        nvml.process_bytes = 6 * GIB
+        # An evaluation (as PeriodicEvaluation runs one): 6 GiB while it runs. A reading is stamped before its
+        # probes read, so the bytes change under the sampler's lock: no reading in flight straddles the edges.
+        with sampler._lock:
+            start = time.monotonic()
+            nvml.process_bytes = 6 * GIB
         time.sleep(0.5)  # the background thread reads meanwhile
-        nvml.process_bytes = 2 * GIB
-        run.eval_spans.append((start, time.monotonic()))
+        with sampler._lock:
+            nvml.process_bytes = 2 * GIB
+            end = time.monotonic()
+        run.eval_spans.append((start, end))
         time.sleep(0.1)
         guard.on_train_batch_end(1)
     finally:
