@@ -988,7 +988,6 @@ class TrendDetector:
         # In the run's first SETTLING_S, a rise that levels off below the limit is the start (the
         # allocator filling its working set, the first evaluation): the fast windows do not speak
         # while the readings since the first follow such a curve (the long windows still do).
-        settled = base.time_s - self._first[1] >= SETTLING_S
         spike_like = None  # whether the latest readings may be an evaluation spike (judged when needed)
         settling_start = base.time_s - self._first[1] < SETTLING_S and any(w.fast and w.trends for w in self.windows) \
             and self._levels_off(base.limit_bytes, self._reading_noise(base.limit_bytes))
@@ -1013,7 +1012,7 @@ class TrendDetector:
                     # too. Not at the start, whose tail near a plateau's level flickers the same way.
                     confirmed = window.streak >= FAST_CONFIRMATIONS or (
                         window.streak >= 2 and base.time_s - window.streak_since >= FAST_CONFIRM_S) or (
-                        window.streak >= 1 and settled and bin(window.seen).count("1") >= FAST_CONFIRMATIONS)
+                        window.streak >= 1 and self._settled and bin(window.seen).count("1") >= FAST_CONFIRMATIONS)
                     growing = confirmed and not settling \
                         and self._fast_regime(trend, base, noise)
                     if growing:
