@@ -83,6 +83,76 @@ def test_a_span_is_measured_from_the_reading_before_it_and_an_allocator_peak_aft
     assert guard._spans == []  # judged for every pool read before it
 
 
+# Periodic evaluations, read but not reported (a replay): 8% of the limit for 40 s every 25 minutes.
+SPIKE, SPIKE_S, SPIKE_EVERY = 0.08, 40.0, 1500.0
+
+
+def filling(seed: int, start_s: float, per_s: float, stop_at: float = 2.0, end_s: float = 4 * 3600.0):
+    """(time, used): a floor at 60% of the limit that grows by `per_s` of the limit a second from `start_s`
+    until it reaches `stop_at` (a cache) or the limit (a leak); the periodic evaluations on top, from
+    600 s; noise of 0.5%, readings every 4-6 s; up to the first reading at the limit."""
+    rnd, rows, t = random.Random(seed), [], 0.0
+    while t < end_s:
+        t += rnd.uniform(4.0, 6.0)
+        floor = min(stop_at, 0.60 + per_s * max(0.0, t - start_s))
+        in_eval = t >= 600.0 and (t - 600.0) % SPIKE_EVERY < SPIKE_S
+        rows.append((t, int((floor + (SPIKE if in_eval else 0.0) + rnd.gauss(0.0, 0.005)) * LIMIT)))
+        if rows[-1][1] >= LIMIT:
+            break
+    return rows
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_a_cache_that_stops_at_85_percent_minutes_after_an_evaluation_is_not_aborted(seed):
+    # 25% of the limit in 9 minutes, stopping 3 minutes after the evaluation at 6600 s: with that
+    # evaluation's 8% on top the floor would reach the limit within 3 minutes, but the next one is not
+    # due for 22 minutes, and without it the cache has 5 minutes left when it stops.
+    rows = filling(seed, 6240.0, 0.25 / 540.0, stop_at=0.85)
+    assert max(used for _, used in rows) < LIMIT
+    assert replay(rows, report=False)[0] is None
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_the_same_growth_that_does_not_stop_is_aborted_minutes_ahead(seed):
+    rows = filling(seed, 6240.0, 0.25 / 540.0)
+    death = rows[-1][0]
+    assert 7000 < death < 7200  # the floor's noise, not the next evaluation (8100 s), kills it
+    aborted, _ = replay(rows, report=False)
+    assert aborted is not None and death - aborted >= 120
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_a_leak_that_dies_at_the_next_evaluation_is_aborted_before_it(seed):
+    # From 6700 s, just after an evaluation, at 1.5% of the limit a minute: the floor alone stays below
+    # the limit until after 8100 s, where the next evaluation's 8% kills it.
+    rows = filling(seed, 6700.0, 0.000255)
+    death = rows[-1][0]
+    assert 8100 <= death < 8100 + SPIKE_S
+    aborted, _ = replay(rows, report=False)
+    assert aborted is not None and death - aborted >= 120
+
+
+def test_spikes_at_a_regular_interval_leave_the_time_before_the_next_one_quiet():
+    from tfodtrain.memory.detector import SPIKE_BIN_S, SPIKE_QUIET_SHARE, _Spikes
+
+    def spikes(*times, height=GIB):
+        kept = _Spikes()
+        for t in times:
+            kept.tell(t, height)
+        return kept
+
+    assert spikes(1000.0, 2500.0).quiet_until(2600.0) is None  # two: no interval yet
+    quiet = spikes(1000.0, 2500.0, 4000.0).quiet_until(4100.0)
+    assert quiet == 4000.0 + SPIKE_QUIET_SHARE * 1500.0 - SPIKE_BIN_S
+    # one missed between: a gap twice as long still keeps the interval
+    assert spikes(1000.0, 2500.0, 5500.0).quiet_until(5600.0) == 5500.0 + SPIKE_QUIET_SHARE * 1500.0 - SPIKE_BIN_S
+    assert spikes(1000.0, 2500.0, 3700.0).quiet_until(3800.0) is None  # 25 then 20 minutes: no interval
+    assert spikes(1000.0, 1300.0, 1600.0).quiet_until(1700.0) is None  # 5 minutes apart: not evaluations
+    kept = spikes(1000.0, 2500.0, 4000.0)
+    kept.tell(4100.0, 0.2 * GIB)  # a small one does not count
+    assert kept.quiet_until(4200.0) == quiet
+
+
 tf = pytest.importorskip("tensorflow")
 
 

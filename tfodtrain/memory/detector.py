@@ -51,7 +51,7 @@ import bisect
 import math
 import statistics
 from collections import deque
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Callable, Deque, List, Optional, Sequence, Tuple
 
 DEFAULT_CHUNK_SECONDS = (60.0, 240.0, 960.0)  # long windows: 24 min, 1.6 h, 6.4 h
@@ -83,6 +83,9 @@ FAST_CONFIRM_S = 10.0  # or 2 fits this many seconds apart (sparse readings)
 FAST_CONFIRM_OF = 4  # or, after the run's first SETTLING_S, FAST_CONFIRMATIONS of this many latest fits (the latest one too)
 SPIKE_BIN_S = 60.0  # a spike (an evaluation's 20-60 s) never fills two whole bins of this length
 SPIKE_MEMORY_S = 7200.0  # the spikes of the last two hours count as headroom of every growing window
+SPIKE_QUIET_SHARE = 0.5  # after a spike, the next is not expected before this share of the shortest gap between them
+SPIKE_QUIET_GAP_S = 600.0  # (only where spikes came at least this far apart: periodic evaluations)
+SPIKE_REGULAR = 0.15  # and every gap between them within this share of a whole number of the shortest
 SPIKE_LOOK_S = 4 * SPIKE_BIN_S  # a fast window's growth that may be a spike: readings looked back on (_spike_like)
 STAIR_BIN_S = 30.0  # stairs: bins of this length, three each side of a jump (90 s: longer than any spike)
 STAIR_SIDE = 3  # bins each side of a stair, all above (after) or below (before) it
@@ -350,6 +353,32 @@ def _remove_sorted(values: List[float], value: float) -> None:
         del values[index]
 
 
+def _long_peaks(chunks: Sequence[_Chunk], xs: Sequence[float], ys: Sequence[float], slope: float,
+                skip: Callable[[_Chunk], bool] = lambda c: False) -> float:
+    """How far a long window's readings reach above the floor around them (the median floor of a
+    chunk and its neighbours, carried along the slope), not above the window's line: a line that lags
+    a change of pace (a cache starting to fill) would count the lag as peaks. A chunk that holds a
+    one-time step up reaches the floor after it, which is no peak: its floor is the higher of the
+    medians centred on it and on the chunk after it. Chunks that ``skip`` names reach nothing."""
+    n = len(chunks)
+
+    def floor_near(c: _Chunk, lo: int, hi: int) -> float:
+        return _median([ys[j] + slope * (c.max_time - xs[j]) for j in range(max(0, lo), min(n, hi))])
+    return max([c.max_used - max(floor_near(c, i - 1, i + 2), floor_near(c, i, i + 3))
+                for i, c in enumerate(chunks) if not skip(c)] + [-math.inf])
+
+
+def _peak_levels(chunks: Sequence[_Chunk], slope: float, recent_slope: float, last_time: float,
+                 skip: Callable[[_Chunk], bool] = lambda c: False) -> Tuple[float, float]:
+    """A long window's highest readings, carried to its end at the slower of the line's and the
+    recent half's pace (a cache that stopped filling keeps its peaks where they were), and at the
+    faster of the two (for a window whose recent half rises faster: see ``_headroom``)."""
+    kept = [c for c in chunks if not skip(c)] or list(chunks[-1:])
+    low, high = min(slope, recent_slope), max(slope, recent_slope)
+    return (max(c.max_used + low * (last_time - c.max_time) for c in kept),
+            max(c.max_used + high * (last_time - c.max_time) for c in kept))
+
+
 def fit_trend(chunks: Sequence[_Chunk], min_chunks: int, sustain_ratio: float, slope_z: float,
               slopes: Optional[List[float]] = None, fast: bool = False) -> Optional[_Trend]:
     """Theil-Sen line and Mann-Kendall test on the chunk floors; ``None`` below ``min_chunks``.
@@ -378,14 +407,7 @@ def fit_trend(chunks: Sequence[_Chunk], min_chunks: int, sustain_ratio: float, s
     if fast:
         peaks = max(c.max_used - (intercept + slope * c.max_time) for c in chunks)
     else:
-        # How far readings reach above the floor around them (the median floor of a chunk and its
-        # neighbours, carried along the slope), not above the window's line: a line that lags a
-        # change of pace (a cache starting to fill) would count the lag as peaks.
-        # A chunk that holds a one-time step up reaches the floor after it, which is no peak: its
-        # floor is the higher of the medians centred on it and on the chunk after it.
-        def floor_near(c: _Chunk, lo: int, hi: int) -> float:
-            return _median([ys[j] + slope * (c.max_time - xs[j]) for j in range(max(0, lo), min(n, hi))])
-        peaks = max(c.max_used - max(floor_near(c, i - 1, i + 2), floor_near(c, i, i + 3)) for i, c in enumerate(chunks))
+        peaks = _long_peaks(chunks, xs, ys, slope)
     # Scatter of the floors around the line (MAD): the noise a fast window's projection must clear.
     sigma = _mad_sigma(residuals)  # intercept is their median
     if fast:
@@ -430,13 +452,7 @@ def fit_trend(chunks: Sequence[_Chunk], min_chunks: int, sustain_ratio: float, s
                "min_used_bytes": min(c.min_used for c in chunks),
                "median_floor_bytes": int(_median(ys)),
                "max_used_bytes": max(c.max_used for c in chunks)}
-    # the highest readings, carried to the window's end at the slower of the line's and the recent
-    # half's pace (a cache that stopped filling keeps its peaks where they were)
-    carry = min(slope, recent_slope)
-    peak_level = math.inf if fast else max(c.max_used + carry * (last_time - c.max_time) for c in chunks)
-    # and at the faster of the two (for a window whose recent half rises faster: see _headroom)
-    carry = max(slope, recent_slope)
-    peak_level_fast = math.inf if fast else max(c.max_used + carry * (last_time - c.max_time) for c in chunks)
+    peak_level, peak_level_fast = (math.inf, math.inf) if fast else _peak_levels(chunks, slope, recent_slope, last_time)
     return _Trend(slope, slope_low, min(intercept, recent_floor), mann_kendall_p(ys, slopes), sustained,
                   headroom=max(0.0, peaks) + max(0.0, stair),
                   seconds_per_step=seconds / steps if steps > 0 else 0.0, summary=summary,
@@ -612,6 +628,7 @@ class _Spikes:
         self.excess: Deque[Tuple[float, float]] = deque()  # (time, height)
         self.told: Deque[Tuple[float, float]] = deque(maxlen=64)  # (time, height) of spikes the run reported
         self._height: Optional[float] = None
+        self._quiet: Tuple[float, Optional[float]] = (math.nan, None)  # (time asked, quiet_until's answer)
 
     def add(self, step: int, time_s: float, used: int) -> None:
         key = int(time_s // SPIKE_BIN_S)
@@ -622,11 +639,11 @@ class _Spikes:
             before, middle, after = self.bins
             height = min(middle.max_used - max(before.min_used, after.min_used), middle.max_used - before.max_used)
             self.excess.append((middle.last_time, height))
-            self._height = None
+            self._height, self._quiet = None, (math.nan, None)
         self.bins.append(_Chunk.start(key, step, time_s, used))
         while self.excess and self.excess[0][0] < time_s - SPIKE_MEMORY_S:
             self.excess.popleft()
-            self._height = None
+            self._height, self._quiet = None, (math.nan, None)
 
     def height(self) -> float:
         """The highest spike remembered, in bytes (0 when none)."""
@@ -637,12 +654,48 @@ class _Spikes:
     def tell(self, time_s: float, height: float) -> None:
         """A spike the run itself reports (an evaluation): its height above the readings before it."""
         self.told.append((time_s, float(height)))
+        self._quiet = (math.nan, None)
 
     def headroom(self, time_s: float) -> float:
         """The highest spike of the last ``SPIKE_MEMORY_S``, seen in the readings or told by the run."""
         while self.told and self.told[0][0] < time_s - SPIKE_MEMORY_S:
             self.told.popleft()
         return max([self.height()] + [h for _, h in self.told])
+
+    def events(self, time_s: float) -> List[float]:
+        """When the spikes of the highest's kind came (within half its height), in order; one spike
+        read in two neighbouring bins, or read and told, is one."""
+        highest = self.headroom(time_s)
+        if highest <= 0:
+            return []
+        times = sorted(t for t, h in list(self.excess) + list(self.told) if h >= 0.5 * highest)
+        events: List[float] = []
+        for t in times:
+            if not events or t - events[-1] > 3 * SPIKE_BIN_S:
+                events.append(t)
+            else:
+                events[-1] = t
+        return events
+
+    def quiet_until(self, time_s: float) -> Optional[float]:
+        """When the next spike of the highest's kind may come at the earliest (None: any time).
+
+        Evaluations come at a fixed interval. Where three spikes or more came at one, at least
+        ``SPIKE_QUIET_GAP_S`` apart (every gap within ``SPIKE_REGULAR`` of a whole number of the shortest:
+        a spike missed between two others makes a gap twice as long), the next is not due before
+        ``SPIKE_QUIET_SHARE`` of the shortest gap after the last (half: were every other spike missed,
+        the true interval is half the shortest seen). Spikes at no such interval, a sawtooth's or
+        noise's among them, leave no time quiet."""
+        if self._quiet[0] == time_s:  # asked once per growing window's fit: judged once per reading
+            return self._quiet[1]
+        events, quiet = self.events(time_s), None
+        gaps = [b - a for a, b in zip(events, events[1:])]
+        if len(gaps) >= 2 and min(gaps) >= SPIKE_QUIET_GAP_S:
+            gap = min(gaps)
+            if all(abs(g / gap - round(g / gap)) <= SPIKE_REGULAR for g in gaps):
+                quiet = events[-1] + SPIKE_QUIET_SHARE * gap - SPIKE_BIN_S
+        self._quiet = (time_s, quiet)
+        return quiet
 
 
 class _Stairs:
@@ -1029,8 +1082,7 @@ class TrendDetector:
                         and trend.mean_p <= LONG_MEAN_ALPHA and not trend.lagging
                 if growing:
                     noise = noise if noise is not None else self._reading_noise(base.limit_bytes)
-                seconds = self._seconds_to_limit(trend, base, self._room_above(window, trend, noise)) \
-                    if growing else math.inf
+                seconds = self._seconds_left(window, trend, base, noise) if growing else math.inf
                 key = (not growing, seconds, trend.p_value)  # growing first, then the sooner, then surer
                 if best_key is None or key < best_key:
                     best, best_key = (window, trend), key
@@ -1047,7 +1099,11 @@ class TrendDetector:
             base.note = "not enough history for a trend yet"
             return base
         headroom = self._room_above(*best, noise if noise is not None else self._reading_noise(base.limit_bytes))
-        return self._assessment(base, *best, growing=not best_key[0], seconds=best_key[1], headroom=headroom)
+        assessment = self._assessment(base, *best, growing=not best_key[0], seconds=best_key[1], headroom=headroom)
+        quiet = self._spikes.quiet_until(base.time_s) if assessment.growing else None
+        if quiet is not None and quiet > base.time_s:
+            assessment.note = f"the next spike is not due for {quiet - base.time_s:.0f} s"
+        return assessment
 
     def _levels_off(self, limit: int, noise: float) -> bool:
         """The readings since the first (in bins of SETTLE_BIN_S) follow a rise that levels off,
@@ -1201,6 +1257,34 @@ class TrendDetector:
         """A growing window's headroom: its own, or the highest spike of the last two hours if higher
         (those the run reported too: evaluations that the readings, sparse or still in the start, missed)."""
         return max(self._headroom(window, trend, noise), self._spikes.headroom(trend.last_time))
+
+    def _seconds_left(self, window: _Window, trend: _Trend, base: Assessment, noise: float) -> float:
+        """A growing window's time to the limit, its own headroom or a spike's on top. A spike kills
+        only when it comes: where the next is not due before the floor plus the spike's height
+        reaches the limit (``_Spikes.quiet_until``), the run lives until then or until the floor
+        plus its own headroom reaches it, whichever comes first."""
+        own = self._headroom(window, trend, noise)
+        soonest = self._seconds_to_limit(trend, base, max(own, self._spikes.headroom(trend.last_time)))
+        quiet = self._spikes.quiet_until(base.time_s)
+        if quiet is None or quiet - base.time_s <= soonest:
+            return soonest
+        if not window.fast:  # a long window's peaks hold the spikes it spans: its own without them
+            spikes = self._spikes.events(base.time_s)
+            own = self._headroom(window, self._without(window, trend, spikes), noise)
+        return min(self._seconds_to_limit(trend, base, own), quiet - base.time_s)
+
+    @staticmethod
+    def _without(window: _Window, trend: _Trend, spikes: Sequence[float]) -> _Trend:
+        """A long window's fit with the peaks of the chunks that held a spike left out."""
+        def near(c: _Chunk) -> bool:
+            at = bisect.bisect_left(spikes, c.max_time - SPIKE_BIN_S)
+            return at < len(spikes) and spikes[at] <= c.max_time + 2 * SPIKE_BIN_S
+        chunks = list(window.chunks)
+        xs = [c.min_time for c in chunks]
+        ys = [float(c.min_used) for c in chunks]
+        peaks = _long_peaks(chunks, xs, ys, trend.slope_per_s, near)
+        levels = _peak_levels(chunks, trend.slope_per_s, trend.recent_slope, trend.last_time, near)
+        return replace(trend, headroom=max(0.0, peaks) + trend.stair, peak_level=levels[0], peak_level_fast=levels[1])
 
     @staticmethod
     def _headroom(window: _Window, trend: _Trend, noise: float) -> float:
