@@ -144,13 +144,17 @@ def test_spikes_at_a_regular_interval_leave_the_time_before_the_next_one_quiet()
     assert spikes(1000.0, 2500.0).quiet_until(2600.0) is None  # two: no interval yet
     quiet = spikes(1000.0, 2500.0, 4000.0).quiet_until(4100.0)
     assert quiet == 4000.0 + SPIKE_QUIET_SHARE * 1500.0 - SPIKE_BIN_S
-    # one missed between: a gap twice as long still keeps the interval
-    assert spikes(1000.0, 2500.0, 5500.0).quiet_until(5600.0) == 5500.0 + SPIKE_QUIET_SHARE * 1500.0 - SPIKE_BIN_S
+    # one missed between two others: a gap twice as long keeps the interval seen twice
+    assert spikes(1000.0, 2500.0, 4000.0, 7000.0).quiet_until(7100.0) == 7000.0 + SPIKE_QUIET_SHARE * 1500.0 - SPIKE_BIN_S
+    assert spikes(1000.0, 2500.0, 5500.0).quiet_until(5600.0) is None  # an interval seen once
     assert spikes(1000.0, 2500.0, 3700.0).quiet_until(3800.0) is None  # 25 then 20 minutes: no interval
     assert spikes(1000.0, 1300.0, 1600.0).quiet_until(1700.0) is None  # 5 minutes apart: not evaluations
     kept = spikes(1000.0, 2500.0, 4000.0)
     kept.tell(4100.0, 0.2 * GIB)  # a small one does not count
     assert kept.quiet_until(4200.0) == quiet
+    for t in (4300.0, 4360.0, 4420.0, 4480.0):  # high in four bins in a row: a rise under noise, no spike
+        kept.tell(t, GIB)
+    assert kept.quiet_until(4500.0) is None
 
 
 tf = pytest.importorskip("tensorflow")

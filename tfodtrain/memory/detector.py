@@ -85,7 +85,7 @@ SPIKE_BIN_S = 60.0  # a spike (an evaluation's 20-60 s) never fills two whole bi
 SPIKE_MEMORY_S = 7200.0  # the spikes of the last two hours count as headroom of every growing window
 SPIKE_QUIET_SHARE = 0.5  # after a spike, the next is not expected before this share of the shortest gap between them
 SPIKE_QUIET_GAP_S = 600.0  # (only where spikes came at least this far apart: periodic evaluations)
-SPIKE_REGULAR = 0.15  # and every gap between them within this share of a whole number of the shortest
+SPIKE_REGULAR = 0.1  # and every gap between them within this share of a whole number of the shortest (two of them of one)
 SPIKE_LOOK_S = 4 * SPIKE_BIN_S  # a fast window's growth that may be a spike: readings looked back on (_spike_like)
 STAIR_BIN_S = 30.0  # stairs: bins of this length, three each side of a jump (90 s: longer than any spike)
 STAIR_SIDE = 3  # bins each side of a stair, all above (after) or below (before) it
@@ -662,37 +662,42 @@ class _Spikes:
             self.told.popleft()
         return max([self.height()] + [h for _, h in self.told])
 
-    def events(self, time_s: float) -> List[float]:
+    def events(self, time_s: float) -> Optional[List[float]]:
         """When the spikes of the highest's kind came (within half its height), in order; one spike
-        read in two neighbouring bins, or read and told, is one."""
+        read in two neighbouring bins, or read and told, is one. None where such readings stood
+        high for longer than two bins: a rise under noise, no spike."""
         highest = self.headroom(time_s)
         if highest <= 0:
             return []
         times = sorted(t for t, h in list(self.excess) + list(self.told) if h >= 0.5 * highest)
-        events: List[float] = []
+        events: List[Tuple[float, float]] = []  # (first, last)
         for t in times:
-            if not events or t - events[-1] > 3 * SPIKE_BIN_S:
-                events.append(t)
+            if events and t - events[-1][1] <= 3 * SPIKE_BIN_S:
+                events[-1] = (events[-1][0], t)
             else:
-                events[-1] = t
-        return events
+                events.append((t, t))
+        if any(last - first > 1.5 * SPIKE_BIN_S for first, last in events):
+            return None
+        return [last for _, last in events]
 
     def quiet_until(self, time_s: float) -> Optional[float]:
         """When the next spike of the highest's kind may come at the earliest (None: any time).
 
-        Evaluations come at a fixed interval. Where three spikes or more came at one, at least
-        ``SPIKE_QUIET_GAP_S`` apart (every gap within ``SPIKE_REGULAR`` of a whole number of the shortest:
+        Evaluations come at a fixed interval. Where spikes came at one, at least ``SPIKE_QUIET_GAP_S``
+        apart (the shortest gap seen twice, every gap within ``SPIKE_REGULAR`` of a whole number of it:
         a spike missed between two others makes a gap twice as long), the next is not due before
         ``SPIKE_QUIET_SHARE`` of the shortest gap after the last (half: were every other spike missed,
         the true interval is half the shortest seen). Spikes at no such interval, a sawtooth's or
-        noise's among them, leave no time quiet."""
+        noise's among them, or a rise under noise read as spikes in three bins or more (``events``),
+        leave no time quiet."""
         if self._quiet[0] == time_s:  # asked once per growing window's fit: judged once per reading
             return self._quiet[1]
-        events, quiet = self.events(time_s), None
+        events, quiet = self.events(time_s) or [], None
         gaps = [b - a for a, b in zip(events, events[1:])]
         if len(gaps) >= 2 and min(gaps) >= SPIKE_QUIET_GAP_S:
             gap = min(gaps)
-            if all(abs(g / gap - round(g / gap)) <= SPIKE_REGULAR for g in gaps):
+            ratios = [g / gap for g in gaps]
+            if sum(r <= 1 + SPIKE_REGULAR for r in ratios) >= 2 and all(abs(r - round(r)) <= SPIKE_REGULAR for r in ratios):
                 quiet = events[-1] + SPIKE_QUIET_SHARE * gap - SPIKE_BIN_S
         self._quiet = (time_s, quiet)
         return quiet
