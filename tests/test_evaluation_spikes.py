@@ -1,7 +1,8 @@
 """Evaluations the run reports to the leak guard: headroom from the first one on, never a reason to wait.
 
 The guard-level tests replay generated readings (a plateau with 30-s evaluations every 8 minutes, then a
-leak that dies at an evaluation). The callback test drives the real LeakGuard and MemorySampler with its
+leak that dies at an evaluation; and, with evaluations every 25 minutes that are read but not reported, a
+cache that stops minutes after one, the same growth not stopping, and a leak that dies at the next one). The callback test drives the real LeakGuard and MemorySampler with its
 background thread; NVML is scripted (no GPU here) so that the evaluation lifts the GPU pool by 4 GiB.
 """
 
