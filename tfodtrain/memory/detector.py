@@ -628,7 +628,7 @@ class _Spikes:
         self.excess: Deque[Tuple[float, float]] = deque()  # (time, height)
         self.told: Deque[Tuple[float, float]] = deque(maxlen=64)  # (time, height) of spikes the run reported
         self._height: Optional[float] = None
-        self._quiet: Tuple[float, Optional[float]] = (math.nan, None)  # (time asked, quiet_until's answer)
+        self._quiet: Tuple[float, Optional[float], List[float]] = (math.nan, None, [])  # (time asked, quiet())
 
     def add(self, step: int, time_s: float, used: int) -> None:
         key = int(time_s // SPIKE_BIN_S)
@@ -639,11 +639,11 @@ class _Spikes:
             before, middle, after = self.bins
             height = min(middle.max_used - max(before.min_used, after.min_used), middle.max_used - before.max_used)
             self.excess.append((middle.last_time, height))
-            self._height, self._quiet = None, (math.nan, None)
+            self._height, self._quiet = None, (math.nan, None, [])
         self.bins.append(_Chunk.start(key, step, time_s, used))
         while self.excess and self.excess[0][0] < time_s - SPIKE_MEMORY_S:
             self.excess.popleft()
-            self._height, self._quiet = None, (math.nan, None)
+            self._height, self._quiet = None, (math.nan, None, [])
 
     def height(self) -> float:
         """The highest spike remembered, in bytes (0 when none)."""
@@ -654,7 +654,7 @@ class _Spikes:
     def tell(self, time_s: float, height: float) -> None:
         """A spike the run itself reports (an evaluation): its height above the readings before it."""
         self.told.append((time_s, float(height)))
-        self._quiet = (math.nan, None)
+        self._quiet = (math.nan, None, [])
 
     def headroom(self, time_s: float) -> float:
         """The highest spike of the last ``SPIKE_MEMORY_S``, seen in the readings or told by the run."""
@@ -681,6 +681,10 @@ class _Spikes:
         return [last for _, last in events]
 
     def quiet_until(self, time_s: float) -> Optional[float]:
+        """``quiet``'s first half."""
+        return self.quiet(time_s)[0]
+
+    def quiet(self, time_s: float) -> Tuple[Optional[float], List[float]]:
         """When the next spike of the highest's kind may come at the earliest (None: any time).
 
         Evaluations come at a fixed interval. Where spikes came at one, at least ``SPIKE_QUIET_GAP_S``
@@ -689,9 +693,11 @@ class _Spikes:
         ``SPIKE_QUIET_SHARE`` of the shortest gap after the last (half: were every other spike missed,
         the true interval is half the shortest seen). Spikes at no such interval, a sawtooth's or
         noise's among them, or a rise under noise read as spikes in three bins or more (``events``),
-        leave no time quiet."""
-        if self._quiet[0] == time_s:  # asked once per growing window's fit: judged once per reading
-            return self._quiet[1]
+        leave no time quiet. Second: the spikes' times (``events``) it was judged on.
+
+        Asked once per growing window's fit: judged once per reading."""
+        if self._quiet[0] == time_s:
+            return self._quiet[1], self._quiet[2]
         events, quiet = self.events(time_s) or [], None
         gaps = [b - a for a, b in zip(events, events[1:])]
         if len(gaps) >= 2 and min(gaps) >= SPIKE_QUIET_GAP_S:
@@ -699,8 +705,8 @@ class _Spikes:
             ratios = [g / gap for g in gaps]
             if sum(r <= 1 + SPIKE_REGULAR for r in ratios) >= 2 and all(abs(r - round(r)) <= SPIKE_REGULAR for r in ratios):
                 quiet = events[-1] + SPIKE_QUIET_SHARE * gap - SPIKE_BIN_S
-        self._quiet = (time_s, quiet)
-        return quiet
+        self._quiet = (time_s, quiet, events)
+        return quiet, events
 
 
 class _Stairs:
@@ -1270,11 +1276,10 @@ class TrendDetector:
         plus its own headroom reaches it, whichever comes first."""
         own = self._headroom(window, trend, noise)
         soonest = self._seconds_to_limit(trend, base, max(own, self._spikes.headroom(trend.last_time)))
-        quiet = self._spikes.quiet_until(base.time_s)
+        quiet, spikes = self._spikes.quiet(base.time_s)
         if quiet is None or quiet - base.time_s <= soonest:
             return soonest
         if not window.fast:  # a long window's peaks hold the spikes it spans: its own without them
-            spikes = self._spikes.events(base.time_s)
             own = self._headroom(window, self._without(window, trend, spikes), noise)
         return min(self._seconds_to_limit(trend, base, own), quiet - base.time_s)
 
