@@ -87,6 +87,7 @@ SPIKE_QUIET_SHARE = 0.5  # after a spike, the next is not expected before this s
 SPIKE_QUIET_GAP_S = 600.0  # (only where spikes came at least this far apart: periodic evaluations)
 SPIKE_REGULAR = 0.1  # and every gap between them within this share of a whole number of the shortest (two of them of one)
 SPIKE_LOOK_S = 4 * SPIKE_BIN_S  # a fast window's growth that may be a spike: readings looked back on (_spike_like)
+SPIKE_LIKE_SIGMAS = 3.0  # and how far above the highest spike remembered its latest readings may stand (noise sigmas)
 STAIR_BIN_S = 30.0  # stairs: bins of this length, three each side of a jump (90 s: longer than any spike)
 STAIR_SIDE = 3  # bins each side of a stair, all above (after) or below (before) it
 STAIR_SIGMAS = 4.0  # a stair rises by this many sigmas of the bins' means, or of readings (their lowest), and 1%
@@ -1229,7 +1230,8 @@ class TrendDetector:
     def _spike_like(self, base: Assessment, noise: float) -> bool:
         """The latest readings may be an evaluation spike like those remembered, which a fast window
         cannot tell from a fast leak's first minute under noisy readings. They stand above the readings
-        of two to four minutes ago by no more than the highest spike remembered (and two noise sigmas),
+        of two to four minutes ago by no more than the highest spike remembered (and ``SPIKE_LIKE_SIGMAS``
+        noise sigmas: the median of three noisy readings on a spike's rise stood 2.1 sigmas above it),
         while those of one to two minutes ago do not stand above them (within the scatter of the two
         medians, and by less than a quarter of the rise since): a spike lasts less than a minute, a leak
         rose then too. Such growth waits until it outlasts a spike or outgrows one."""
@@ -1246,7 +1248,7 @@ class TrendDetector:
         # a median of k readings scatters by about 1.25 sigma / sqrt(k)
         flat = mid - level <= 2.0 * 1.25 * noise * math.sqrt(1.0 / len(before) + 1.0 / len(between)) \
             and mid - level <= 0.25 * (latest - mid)
-        return flat and latest - level <= height + 2.0 * noise
+        return flat and latest - level <= height + SPIKE_LIKE_SIGMAS * noise
 
     def _new_territory(self, trend: _Trend, time_s: float, noise: float) -> bool:
         """A fast window's growth counts only where memory goes higher than it went before the
