@@ -182,3 +182,35 @@ def test_background_readings_leave_tensorflow_gpus_to_the_step_end(tmp_path):
     with sampler._lock:
         sample = sampler._read(7, background=True)
     assert set(sample.pools) == {"host"} and sample.raw["background"] and sample.step == 7
+
+
+def test_tensorboard_shows_each_steps_highest_reading(tmp_path):
+    """TensorBoard keeps one point per tag and step (a later event at a step replaces the earlier): of the
+    readings of one slow step, the last event each pool writes at that step is its highest. NVML mocked."""
+    import types
+
+    import tensorflow as tf
+
+    from tfodtrain.callbacks.monitor import MemoryMonitor
+
+    nvml = FakeNvml()
+    sampler = MemorySampler(interval_steps=1, run_dir=tmp_path, nvml_probe=nvml)  # no thread: readings made here
+    monitor = MemoryMonitor(write_traces=True)
+    monitor.run = types.SimpleNamespace(summary_writer=tf.summary.create_file_writer(str(tmp_path / "tb")),
+                                        run_dir=tmp_path, memory=sampler)
+    monitor.on_train_begin()
+    written = []  # (step, GPU process GiB) of every reading
+    for step, gib in [(3, 2.0), (3, 2.5), (3, 2.2), (4, 1.0), (4, 1.5)]:
+        nvml.process_bytes = int(gib * GIB)
+        with sampler._lock:
+            monitor.record(sampler._read(step, background=True))
+        written.append((step, gib))
+    monitor.on_train_end()
+    acc = event_accumulator.EventAccumulator(str(tmp_path / "tb"), size_guidance={"tensors": 0})
+    acc.Reload()
+    events = [(e.step, float(tf.make_ndarray(e.tensor_proto)) / 1024) for e in acc.Tensors("memory/gpu0/used_mib")]
+    last = {step: gib for step, gib in events}  # what TensorBoard serves: the last event at each step
+    assert last == {3: pytest.approx(2.5), 4: pytest.approx(1.5)}, events
+    assert [round(g, 3) for _, g in events] == [2.0, 2.5, 1.0, 1.5]  # the lower 2.2 was not written over 2.5
+    trace = [(r.step, r.used_bytes / GIB) for r in read_trace(tmp_path / "memory_trace_gpu0.csv")]
+    assert trace == [(s, pytest.approx(g)) for s, g in written]  # the trace keeps every reading

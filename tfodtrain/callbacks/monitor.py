@@ -320,6 +320,10 @@ class MemoryMonitor(RunCallback):
 
     Background readings (a slow step: see MemorySampler) are recorded at the next step end, each at
     the step it was taken in, in time order; those still queued at train end are recorded then.
+    TensorBoard keeps one point per tag and step (a later event at a step replaces the earlier): of
+    several readings in one step, a pool's tags show the one where its used memory was highest (a
+    spike during a long step or an evaluation stays visible); the traces and memory_readings.jsonl
+    keep every reading.
 
     Example:
         python -m tfodtrain +experiment=ssd memory.interval_steps=20 memory.interval_s=10
@@ -332,6 +336,7 @@ class MemoryMonitor(RunCallback):
         self._jsonl = None
         self._layout_pools: tuple = ()
         self._scalars = None  # tfodtrain.callbacks.scalars.ScalarWriter, made on the first reading
+        self._step_peaks: dict[str, tuple[int, int]] = {}  # pool -> (step, highest used bytes written at it)
 
     def on_train_begin(self, logs=None):
         if self.write_traces:
@@ -359,6 +364,10 @@ class MemoryMonitor(RunCallback):
             self._layout_pools = pools
         scalars = {}
         for p in sample.pools.values():
+            step, peak = self._step_peaks.get(p.pool, (None, 0))
+            if step == sample.step and p.used_bytes <= peak:
+                continue  # TensorBoard would replace this step's higher reading with it
+            self._step_peaks[p.pool] = (sample.step, p.used_bytes)
             scalars[f"memory/{p.pool}/used_mib"] = p.used_bytes / MIB
             if p.limit_bytes:
                 scalars[f"memory/{p.pool}/limit_mib"] = p.limit_bytes / MIB
@@ -368,7 +377,8 @@ class MemoryMonitor(RunCallback):
             from tfodtrain.callbacks.scalars import ScalarWriter
 
             self._scalars = ScalarWriter(writer)
-        self._scalars.write(sample.step, scalars)  # one event, not ~1 ms of eager ops per scalar
+        if scalars:
+            self._scalars.write(sample.step, scalars)  # one event, not ~1 ms of eager ops per scalar
         if not self.write_traces:
             return
         for p in sample.pools.values():
