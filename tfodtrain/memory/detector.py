@@ -1231,7 +1231,7 @@ class TrendDetector:
         """The latest readings may be an evaluation spike like those remembered, which a fast window
         cannot tell from a fast leak's first minute under noisy readings. They stand above the readings
         of two to four minutes ago by no more than the highest spike remembered (and ``SPIKE_LIKE_SIGMAS``
-        noise sigmas: the median of three noisy readings on a spike's rise stood 2.1 sigmas above it),
+        noise sigmas: a spike's climb read every 13 s stood 2.1 sigmas above the highest remembered),
         while those of one to two minutes ago do not stand above them (within the scatter of the two
         medians, and by less than a quarter of the rise since): a spike lasts less than a minute, a leak
         rose then too. Such growth waits until it outlasts a spike or outgrows one."""
