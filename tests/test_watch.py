@@ -382,7 +382,10 @@ def test_child_ignoring_sigterm_is_stopped_right_after_its_next_periodic_save(sl
     assert report["new_checkpoint_seen"] is True, report["notes"]
     new = report["new_checkpoint"]
     assert new["path"].endswith(saves(ckpt)[-1])  # the last save the child made is the one waited for
-    assert 0 < new["mtime_s_after_abort"] <= 8 + 1
+    assert new["identity"] != report["checkpoint_before"]  # not the save the abort decision had seen
+    # written within a save interval of the abort; a save due at the decision may land within milliseconds of
+    # it, either side (0.0 s in one CI run), and is taken once settled (SAVE_SETTLE_S)
+    assert -watch.SAVE_SETTLE_S <= new["mtime_s_after_abort"] <= 8 + 1
     stop = report["stop"]
     assert stop["signal"] == "SIGTERM"
     assert stop["signalled_s_after_abort"] <= new["seen_s_after_abort"] + 1.0  # right after the save
