@@ -531,6 +531,19 @@ def test_a_staircase_two_stairs_from_its_limit_is_aborted_before_the_next(seed):
     assert "projected to leave less than a stair below the" in decision.reason, decision.reason
 
 
+def test_a_staircase_between_evaluations_is_aborted_before_the_stair_that_a_spike_kills():
+    """Stairs of about 5% of the limit every 12 minutes from 36% to 87% under a GC sawtooth of 3%, evaluation
+    spikes of 10% every 40 minutes or so: the last three stairs span 24 minutes, often without a spike, and the
+    level plus a stair plus the highest reading above the stairs since the first of them stayed below the
+    limit. The next stair and a spike killed the run, never aborted (three warnings from the long windows). The
+    highest spike of the last two hours counts above the stairs, as it does above a growing window."""
+    trace = generate_family_trace("staircase_leak", 28686 * 1009 + 0)
+    _, decision = _until_abort(trace)
+    assert decision is not None and trace.rows[-1].time_s - decision.assessment.time_s >= 60.0, decision
+    assert decision.assessment.window["stairs_to_limit"] == 1
+    assert decision.assessment.peak_headroom_bytes >= decision.assessment.window["stair_bytes"] + 0.08 * trace.rows[-1].limit_bytes
+
+
 def test_a_staircase_with_a_stair_not_found_is_still_one():
     """Stairs of about 5% of the limit every 3 minutes from 30 minutes in, under heavy noise and evaluation
     spikes: one stair in the middle was not found, the last three found were 6 and 3 minutes apart, too unequal

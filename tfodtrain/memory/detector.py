@@ -724,8 +724,8 @@ class _Stairs:
     the first stair of a leak that starts with the run falls inside the start-up; a gap about twice
     the other counts as two, a stair between them not found under noise or a sawtooth). It is
     projected to die at its next stair when the level now, plus the smallest of their heights, plus
-    the highest the readings went above their stair's level since the first of them, reaches the
-    limit; or when two more stairs reach it: the run cannot outlive the stair after next, and after
+    the highest the readings went above their stair's level since the first of them (or the highest
+    spike of the last two hours, if higher), reaches the limit; or when two more stairs reach it: the run cannot outlive the stair after next, and after
     the next one a reading a little higher than any before kills it (aborted one stair early, a leak
     loses nothing). A stair overdue by half a gap ends the staircase (an allocator's stairs stop).
     Cost: a few comparisons per reading; a bin's close looks at seven bins."""
@@ -811,25 +811,33 @@ class _Stairs:
             if t > times[0]:
                 reached = max(i for i, stair_time in enumerate(times) if stair_time < t)
                 excursion = max(excursion, high - (level if reached == len(times) - 1 else self.stairs[reached][2]))
-        if level + height + excursion >= limit:
+        return {"due": times[-1] + gap, "first": times[0], "gap": gap, "stairs": len(times), "height": height,
+                "level": level, "excursion": excursion, "limit": limit}
+
+    def projection(self, time_s: float, spike: float = 0.0) -> Optional[dict]:
+        """The staircase's death at its next stair (its plan, with ``seconds`` to it), or None: fewer
+        than two stairs, irregular ones, a next stair that would stay below the limit, or one
+        overdue by half a gap.
+
+        ``spike``: the highest spike remembered (``_Spikes.headroom``). Evaluations come every 20-40
+        minutes, stairs every few: the readings since the first of the last three stairs may hold none,
+        and the stair that takes the level to within a spike of the limit is the one to die after."""
+        plan = self.plan
+        if plan is None or time_s > plan["due"] + plan["gap"] / 2:
+            return None
+        level, height, limit = plan["level"], plan["height"], plan["limit"]
+        headroom = height + max(plan["excursion"], spike)
+        if level + headroom >= limit:
             to_limit = 1
         elif level + 2 * height >= limit:
             to_limit = 2
         else:
             return None
-        span = [low for t, low, _, _ in self.history if t > times[0] - STAIR_SIDE * STAIR_BIN_S]
-        return {"due": times[-1] + gap, "first": times[0], "gap": gap, "stairs": len(times), "height": height,
-                "level": level, "headroom": height + excursion, "p_value": mann_kendall_p(span), "n_bins": len(span),
-                "to_limit": to_limit}
-
-    def projection(self, time_s: float) -> Optional[dict]:
-        """The staircase's death at its next stair (its plan, with ``seconds`` to it), or None: fewer
-        than two stairs, irregular ones, a next stair that would stay below the limit, or one
-        overdue by half a gap."""
-        plan = self.plan
-        if plan is None or time_s > plan["due"] + plan["gap"] / 2:
-            return None
-        return dict(plan, seconds=max(0.0, plan["due"] - time_s), span_s=time_s - plan["first"] + plan["gap"])
+        if "p_value" not in plan:  # once per plan: a Mann-Kendall over up to STAIR_HISTORY bins
+            span = [low for t, low, _, _ in self.history if t > plan["first"] - STAIR_SIDE * STAIR_BIN_S]
+            plan.update(p_value=mann_kendall_p(span), n_bins=len(span))
+        return dict(plan, headroom=headroom, to_limit=to_limit, seconds=max(0.0, plan["due"] - time_s),
+                    span_s=time_s - plan["first"] + plan["gap"])
 
 
 def _steps_up(values: Sequence[float], least: float, limit: int) -> bool:
@@ -1098,7 +1106,7 @@ class TrendDetector:
                 key = (not growing, seconds, trend.p_value)  # growing first, then the sooner, then surer
                 if best_key is None or key < best_key:
                     best, best_key = (window, trend), key
-        stairs = self._stairs.projection(base.time_s)
+        stairs = self._stairs.projection(base.time_s, self._spikes.headroom(base.time_s))
         if stairs is not None and (best_key is None or best_key[0] or stairs["seconds"] < best_key[1]):
             return self._stair_assessment(base, stairs)
         if best is None:
