@@ -631,6 +631,12 @@ class _Spikes:
         self._height: Optional[float] = None
         self._quiet: Tuple[float, Optional[float], List[float]] = (math.nan, None, [])  # (time asked, quiet())
 
+    def _forget(self, height: bool = True) -> None:
+        """Drop the memos: the highest spike (when a bin's height comes or goes) and ``quiet``'s answer."""
+        if height:
+            self._height = None
+        self._quiet = (math.nan, None, [])
+
     def add(self, step: int, time_s: float, used: int) -> None:
         key = int(time_s // SPIKE_BIN_S)
         if self.bins and self.bins[-1].key == key:
@@ -640,11 +646,11 @@ class _Spikes:
             before, middle, after = self.bins
             height = min(middle.max_used - max(before.min_used, after.min_used), middle.max_used - before.max_used)
             self.excess.append((middle.last_time, height))
-            self._height, self._quiet = None, (math.nan, None, [])
+            self._forget()
         self.bins.append(_Chunk.start(key, step, time_s, used))
         while self.excess and self.excess[0][0] < time_s - SPIKE_MEMORY_S:
             self.excess.popleft()
-            self._height, self._quiet = None, (math.nan, None, [])
+            self._forget()
 
     def height(self) -> float:
         """The highest spike remembered, in bytes (0 when none)."""
@@ -655,7 +661,7 @@ class _Spikes:
     def tell(self, time_s: float, height: float) -> None:
         """A spike the run itself reports (an evaluation): its height above the readings before it."""
         self.told.append((time_s, float(height)))
-        self._quiet = (math.nan, None, [])
+        self._forget(height=False)
 
     def headroom(self, time_s: float) -> float:
         """The highest spike of the last ``SPIKE_MEMORY_S``, seen in the readings or told by the run."""
