@@ -733,7 +733,8 @@ class _Stairs:
     the highest the readings went above their stair's level since the first of them (or the highest
     spike of the last two hours, if higher), reaches the limit; or when two more stairs reach it: the
     run cannot outlive the stair after next, and after the next one a reading a little higher than
-    any before kills it (aborted one stair early, a leak loses nothing). A stair overdue by half a gap ends the staircase (an allocator's stairs stop).
+    any before kills it (aborted one stair early, a leak loses nothing). A stair overdue by half a
+    gap ends the staircase (an allocator's stairs stop).
     Cost: a few comparisons per reading; a bin's close looks at seven bins."""
 
     def __init__(self) -> None:
