@@ -8,8 +8,9 @@ import random
 
 import pytest
 
-from tfodtrain.memory.detector import (TrendDetector, _Chunk, _lags, _Spikes, _stalled, _steps_up_past_a_spike,
-                                       fit_trend, mann_kendall_p, theil_sen_slope)
+from tfodtrain.memory.detector import (LONG_WINDOW_S, NOISE_PEAK_Z, TrendDetector, _Chunk, _lags, _noise_reach,
+                                       _Spikes, _stalled, _steps_up_past_a_spike, fit_trend, mann_kendall_p,
+                                       theil_sen_slope)
 from tfodtrain.memory.guard import MemoryGuard, run_abort_command
 from tfodtrain.memory.policy import Decision, GuardPolicy, GuardSettings
 from tfodtrain.memory.tracegen import generate_family_trace
@@ -172,6 +173,29 @@ def test_a_leak_that_fills_memory_in_minutes_is_aborted_a_minute_ahead(minutes, 
     death = next(t for _, t, used in stream(level, **kw) if used >= limit)
     assert hit is not None and death - hit[1] >= 60, (hit and hit[1], death)
     assert hit[2].assessment.window["fast"] and hit[1] > start_s
+
+
+@pytest.mark.parametrize("seed", [0, 7])
+def test_a_fast_leak_read_every_second_under_heavy_noise_is_aborted_minutes_ahead(seed):
+    # Read every second, the highest of three minutes of readings stands 3.5 sigmas above their mean, and a
+    # 5-s chunk's floor 1.2 below it: 3 sigmas above the floors (enough for readings every 5 s or rarer) left
+    # these leaks 90 and 71 s.
+    limit, base, start_s = 16 * GIB, 8 * GIB, 1800.0
+    rate = (limit - base) / (20 * 60)
+    level = lambda t: warm(rate * max(0.0, t - start_s), t, base=base)  # noqa: E731
+    kw = dict(every_s=1.0, noise=0.025 * limit, seconds=start_s + 40 * 60, seed=seed)
+    hit = first_abort(level, limit=limit, **kw)
+    death = next(t for _, t, used in stream(level, **kw) if used >= limit)
+    assert hit is not None and death - hit[1] >= 150, (hit and hit[1], death)
+
+
+def test_a_fast_windows_headroom_grows_with_how_often_memory_is_read():
+    # one reading a chunk, every 20 s: no more than NOISE_PEAK_Z; every 5 s, about that; every second, more
+    assert _noise_reach(readings=12, chunks=12, span_s=240.0) < NOISE_PEAK_Z
+    assert abs(_noise_reach(readings=36, chunks=36, span_s=180.0) - NOISE_PEAK_Z) < 0.1
+    every_second = _noise_reach(readings=120, chunks=24, span_s=120.0)  # 5 readings a 5-s chunk
+    assert 4.4 < every_second < 4.8
+    assert _noise_reach(readings=480, chunks=24, span_s=480.0) > every_second  # 20 a 20-s chunk: lower floors
 
 
 def test_the_start_up_is_discounted_only_while_the_floor_rises_and_at_most_two_minutes():
@@ -403,6 +427,17 @@ def test_a_cache_that_stops_is_not_projected_on_by_the_long_windows_line():
     in 18 minutes to 82%: one minute after its fill ended, the 24-minute window still projected the fill's pace
     and aborted it, "in 2.9 min". Its latest chunks' mean readings had fallen behind that pace."""
     assert family_abort("cache_fill", 404 * 1009 + 4, 24 * 3600) is None
+
+
+def test_a_short_windows_later_projection_does_not_hide_a_long_windows_abort():
+    """A 60-minute leak from the run's second minute: at 3347 s the 1.6-hour window projected under 5 minutes
+    to the limit (an abort, on the horizon of growth seen over an hour or more), but a fast window, its
+    headroom the reach of readings every 7 s, projected 290 s and spoke first, on the 3-minute horizon: the
+    abort came 104 s later. Windows are ranked by their time to the limit less the longer horizon's extra."""
+    trace = generate_family_trace("leak_60min", 505 * 1009 + 1)
+    _, decision = _until_abort(trace)
+    assert decision is not None and decision.assessment.window_seconds >= LONG_WINDOW_S
+    assert trace.rows[-1].time_s - decision.assessment.time_s >= 300
 
 
 def test_an_explicit_warm_up_is_ignored():

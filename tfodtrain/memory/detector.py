@@ -48,6 +48,7 @@ Example::
 from __future__ import annotations
 
 import bisect
+import functools
 import math
 import statistics
 from collections import deque
@@ -57,6 +58,7 @@ from typing import Callable, Deque, List, Optional, Sequence, Tuple
 DEFAULT_CHUNK_SECONDS = (60.0, 240.0, 960.0)  # long windows: 24 min, 1.6 h, 6.4 h
 DEFAULT_FAST_CHUNK_SECONDS = (5.0, 20.0)  # fast windows: the last 6, 12 and 24 chunks of 5 s and of 20 s
 DEFAULT_WINDOW_CHUNKS = 24
+LONG_WINDOW_S = 3600.0  # the policy judges growth seen over a window this long on its longer horizon
 DEFAULT_STARTUP_S = 120.0  # the start-up discount ends when the floor stops rising, at the latest here
 STARTUP_FLAT = 0.02  # the start-up ends early only when its readings bound the rise left to this share of the limit
 SETTLE_F = 3.84  # curves that fit within this F statistic (95%, one parameter) of the best are as plausible
@@ -67,6 +69,8 @@ SETTLE_JUMP_Z = 3.0  # a jump taken out of the start's bins stands out of their 
 SETTLE_TAUS = tuple(10.0 * 1.25 ** k for k in range(13))  # time constants tried: 10 s to ~2.4 min (the last one: no bend)
 SEGMENTS = 4  # the floor must rise from each quarter of a window to the next to be sustained
 NOISE_PEAK_Z = 3.0  # a fast window's peaks reach at least this many noise sigmas above its trend
+NOISE_REACH_S = 180.0  # and, read often, as high as the highest of this many seconds of readings (the abort horizon)
+NOISE_REACH_ALPHA = 0.05  # reaches, but for this chance, above their mean (and their mean above the floors)
 FAST_RISE_SIGMAS = 6.0  # a 6-chunk fast window's rise, in reading-noise sigmas, to count as a regime (less when longer)
 FAST_ALPHA = 0.01  # Mann-Kendall level of a fast window: its rise and confirmations carry the rest
 LONG_MEAN_ALPHA = 0.01  # a long window's chunk means must rise too (Mann-Kendall at this level)
@@ -611,6 +615,22 @@ def _mad_sigma(values: Sequence[float]) -> float:
     return 1.4826 * _median([abs(v - center) for v in values])
 
 
+def _noise_reach(readings: int, chunks: int, span_s: float) -> float:
+    """How many noise sigmas a fast window's readings may reach above its line of chunk floors over the next
+    ``NOISE_REACH_S``: a floor is the lowest of a chunk's readings, below their mean by the expected least of
+    that many normal draws (Blom); and the highest of the readings to come stands above their mean, but for a
+    chance of ``NOISE_REACH_ALPHA``, by the normal quantile of 1 - alpha / their number. Readings every second
+    reach 4.6-5.3 sigmas above the floors of 5-20 s chunks; every 5 s or rarer, 3 (``NOISE_PEAK_Z``) or less."""
+    coming = NOISE_REACH_S * (readings - 1) / span_s if span_s > 0 and readings > 1 else 1.0
+    return _reach_sigmas(round(readings / max(1, chunks), 1), max(1, round(coming)))
+
+
+@functools.lru_cache(maxsize=4096)
+def _reach_sigmas(per_chunk: float, coming: int) -> float:
+    normal = statistics.NormalDist()
+    return normal.inv_cdf((per_chunk - 0.375) / (per_chunk + 0.25)) + normal.inv_cdf(1.0 - NOISE_REACH_ALPHA / coming)
+
+
 def _median(values: Sequence[float]) -> float:
     return _median_sorted(sorted(values)) if values else 0.0
 
@@ -898,8 +918,12 @@ class TrendDetector:
                  window_chunks: int = DEFAULT_WINDOW_CHUNKS, min_chunks: Optional[int] = None,
                  fast_min_chunks: int = 6, startup_s: float = DEFAULT_STARTUP_S, warmup_s: float = 0.0,
                  warmup_steps: int = 0, min_readings: int = 6, alpha: float = 0.001, sustain_ratio: float = 0.2,
-                 projection_confidence: float = 0.99):
+                 projection_confidence: float = 0.99, long_lead_s: float = 0.0):
         self.pool = pool
+        # The policy aborts growth seen over LONG_WINDOW_S or longer this many seconds sooner (its longer
+        # horizon): windows are ranked by their time to the limit less that, so that a shorter window's
+        # later-looking projection never hides a long window's abort.
+        self.long_lead_s = long_lead_s
         self.alpha = alpha
         self.startup_s = startup_s
         self.warmup_s = warmup_s
@@ -1063,7 +1087,7 @@ class TrendDetector:
 
     def _assess(self, base: Assessment) -> Assessment:
         # Rank the windows cheaply first; build the full assessment only for the one that speaks.
-        best, best_key = None, None
+        best, best_key, best_seconds = None, None, math.inf
         noise = None
         # In the run's first SETTLING_S, a rise that levels off below the limit is the start (the
         # allocator filling its working set, the first evaluation): the fast windows do not speak
@@ -1110,11 +1134,14 @@ class TrendDetector:
                 if growing:
                     noise = noise if noise is not None else self._reading_noise(base.limit_bytes)
                 seconds = self._seconds_left(window, trend, base, noise) if growing else math.inf
-                key = (not growing, seconds, trend.p_value)  # growing first, then the sooner, then surer
+                span = trend.summary["span_s"] if window.fast else window.seconds
+                # growing first, then the sooner (for the policy's horizons), then surer
+                key = (not growing, seconds - self._lead(span), trend.p_value)
                 if best_key is None or key < best_key:
-                    best, best_key = (window, trend), key
+                    best, best_key, best_seconds = (window, trend), key, seconds
         stairs = self._stairs.projection(base.time_s, self._spikes.headroom(base.time_s))
-        if stairs is not None and (best_key is None or best_key[0] or stairs["seconds"] < best_key[1]):
+        if stairs is not None and (best_key is None or best_key[0]
+                                   or stairs["seconds"] - self._lead(stairs["span_s"]) < best_key[1]):
             return self._stair_assessment(base, stairs)
         if best is None:
             if any(w.fast and len(w.chunks) >= w.min_chunks for w in self.windows):
@@ -1126,11 +1153,14 @@ class TrendDetector:
             base.note = "not enough history for a trend yet"
             return base
         headroom = self._room_above(*best, noise if noise is not None else self._reading_noise(base.limit_bytes))
-        assessment = self._assessment(base, *best, growing=not best_key[0], seconds=best_key[1], headroom=headroom)
+        assessment = self._assessment(base, *best, growing=not best_key[0], seconds=best_seconds, headroom=headroom)
         quiet = self._spikes.quiet_until(base.time_s) if assessment.growing else None
         if quiet is not None and quiet > base.time_s:
             assessment.note = f"the next spike is not due for {quiet - base.time_s:.0f} s"
         return assessment
+
+    def _lead(self, window_seconds: float) -> float:
+        return self.long_lead_s if window_seconds >= LONG_WINDOW_S else 0.0
 
     def _levels_off(self, limit: int, noise: float) -> bool:
         """The readings since the first (in bins of SETTLE_BIN_S) follow a rise that levels off,
@@ -1324,7 +1354,8 @@ class TrendDetector:
         faster than its line (accelerating: the peaks ride a floor that outruns the line) they are
         carried at the recent half's pace, and the observed peaks count in full."""
         if window.fast:
-            return NOISE_PEAK_Z * noise
+            return max(NOISE_PEAK_Z, _noise_reach(trend.summary["n_readings"], trend.summary["n_chunks"],
+                                                  trend.summary["span_s"])) * noise
         if trend.recent_slope > trend.slope_per_s:
             return min(trend.headroom + noise,
                        max(0.0, trend.peak_level_fast - trend.floor_at(trend.last_time) + 0.5 * noise) + trend.stair)

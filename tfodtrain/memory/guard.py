@@ -54,7 +54,7 @@ class MemoryGuard:
                 window_chunks=s.window_chunks, fast_min_chunks=s.fast_min_chunks, startup_s=s.startup_s,
                 warmup_steps=s.warmup_steps, warmup_s=s.warmup_s, alpha=1.0 - s.confidence,
                 sustain_ratio=s.sustain_ratio, min_readings=s.min_readings,
-                projection_confidence=s.projection_confidence)
+                projection_confidence=s.projection_confidence, long_lead_s=max(0.0, s.long_horizon_s - s.horizon_s))
             self.detectors[pool] = detector
             self.policies[pool] = GuardPolicy(s)
         return detector

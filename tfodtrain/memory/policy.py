@@ -20,11 +20,10 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional, Tuple
 
 from tfodtrain.memory.detector import (DEFAULT_CHUNK_SECONDS, DEFAULT_FAST_CHUNK_SECONDS, DEFAULT_STARTUP_S,
-                                       DEFAULT_WINDOW_CHUNKS, Assessment)
+                                       DEFAULT_WINDOW_CHUNKS, LONG_WINDOW_S, Assessment)
 from tfodtrain.units import MIB
 
 MODES = ("abort", "warn", "off")
-LONG_WINDOW_S = 3600.0  # growth sustained over a window this long is judged on long_horizon_s
 ACTIONS = ("ok", "warn", "abort")
 GIB = float(1 << 30)
 
