@@ -631,6 +631,11 @@ def _reach_sigmas(per_chunk: float, coming: int) -> float:
     return normal.inv_cdf((per_chunk - 0.375) / (per_chunk + 0.25)) + normal.inv_cdf(1.0 - NOISE_REACH_ALPHA / coming)
 
 
+def _window_seconds(window: "_Window", trend: _Trend) -> float:
+    """The span an assessment reports, and the policy picks its horizon by: a fast window's fit, a long window's size."""
+    return trend.summary["span_s"] if window.fast else window.seconds
+
+
 def _median(values: Sequence[float]) -> float:
     return _median_sorted(sorted(values)) if values else 0.0
 
@@ -1134,9 +1139,8 @@ class TrendDetector:
                 if growing:
                     noise = noise if noise is not None else self._reading_noise(base.limit_bytes)
                 seconds = self._seconds_left(window, trend, base, noise) if growing else math.inf
-                span = trend.summary["span_s"] if window.fast else window.seconds
                 # growing first, then the sooner (for the policy's horizons), then surer
-                key = (not growing, seconds - self._lead(span), trend.p_value)
+                key = (not growing, seconds - self._lead(_window_seconds(window, trend)), trend.p_value)
                 if best_key is None or key < best_key:
                     best, best_key, best_seconds = (window, trend), key, seconds
         stairs = self._stairs.projection(base.time_s, self._spikes.headroom(base.time_s))
@@ -1414,7 +1418,7 @@ class TrendDetector:
         a.trend_confidence = 1.0 - trend.p_value
         a.floor_bytes = int(trend.floor_at(base.time_s))
         a.peak_headroom_bytes = int(headroom)
-        a.window_seconds = trend.summary["span_s"] if window.fast else window.seconds
+        a.window_seconds = _window_seconds(window, trend)
         a.window = dict(trend.summary, fast=window.fast)
         a.growing = growing
         if growing and math.isfinite(seconds):
