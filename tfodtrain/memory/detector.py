@@ -92,6 +92,7 @@ SPIKE_QUIET_GAP_S = 600.0  # (only where spikes came at least this far apart: pe
 SPIKE_REGULAR = 0.1  # and every gap between them within this share of a whole number of the shortest (two of them of one)
 SPIKE_LOOK_S = 4 * SPIKE_BIN_S  # a fast window's growth that may be a spike: readings looked back on (_spike_like)
 SPIKE_LIKE_SIGMAS = 3.0  # and how far above the highest spike remembered its latest readings may stand (noise sigmas)
+SPIKE_MID_SHARE = 0.5  # and the minute before them rose by less than this share of their rise since (a leak: about 1)
 STAIR_BIN_S = 30.0  # stairs: bins of this length, three each side of a jump (90 s: longer than any spike)
 STAIR_SIDE = 3  # bins each side of a stair, all above (after) or below (before) it
 STAIR_SIGMAS = 4.0  # a stair rises by this many sigmas of the bins' means, or of readings (their lowest), and 1%
@@ -758,7 +759,8 @@ class _Stairs:
     the highest the readings went above their stair's level since the first of them (or the highest
     spike of the last two hours, if higher), reaches the limit; or when two more stairs reach it: the
     run cannot outlive the stair after next, and after the next one a reading a little higher than
-    any before kills it (aborted one stair early, a leak loses nothing). A stair overdue by half a
+    any before kills it (aborted one stair early, a leak loses nothing). It dies now when the level
+    plus that excursion (or spike) reaches the limit without another stair. A stair overdue by half a
     gap ends the staircase (an allocator's stairs stop).
     Cost: a few comparisons per reading; a bin's close looks at seven bins."""
 
@@ -858,8 +860,11 @@ class _Stairs:
         if plan is None or time_s > plan["due"] + plan["gap"] / 2:
             return None
         level, height, limit = plan["level"], plan["height"], plan["limit"]
-        headroom = height + max(plan["excursion"], spike)
-        if level + headroom >= limit:
+        reach = max(plan["excursion"], spike)
+        headroom = height + reach
+        if level + reach >= limit:
+            to_limit, headroom = 0, reach  # its readings reach the limit from the level it holds now
+        elif level + headroom >= limit:
             to_limit = 1
         elif level + 2 * height >= limit:
             to_limit = 2
@@ -868,7 +873,8 @@ class _Stairs:
         if "p_value" not in plan:  # once per plan: a Mann-Kendall over up to STAIR_HISTORY bins
             span = [low for t, low, _, _ in self.history if t > plan["first"] - STAIR_SIDE * STAIR_BIN_S]
             plan.update(p_value=mann_kendall_p(span), n_bins=len(span))
-        return dict(plan, headroom=headroom, to_limit=to_limit, seconds=max(0.0, plan["due"] - time_s),
+        seconds = max(0.0, plan["due"] - time_s) if to_limit else 0.0
+        return dict(plan, headroom=headroom, to_limit=to_limit, seconds=seconds,
                     span_s=time_s - plan["first"] + plan["gap"])
 
 
@@ -1282,8 +1288,8 @@ class TrendDetector:
         of two to four minutes ago by no more than the highest spike remembered (and ``SPIKE_LIKE_SIGMAS``
         noise sigmas: a spike's climb read every 13 s stood 2.1 sigmas above the highest remembered),
         while those of one to two minutes ago do not stand above them (within the scatter of the two
-        medians, and by less than a quarter of the rise since): a spike lasts less than a minute, a leak
-        rose then too. Such growth waits until it outlasts a spike or outgrows one."""
+        medians, and by less than ``SPIKE_MID_SHARE`` of the rise since): a spike lasts less than a
+        minute, a leak rose then too. Such growth waits until it outlasts a spike or outgrows one."""
         height = self._spikes.height()
         if height <= 2.0 * noise:
             return False
@@ -1296,7 +1302,7 @@ class TrendDetector:
         latest = _median([self._recent[-i][1] for i in range(1, min(3, len(self._recent)) + 1)])
         # a median of k readings scatters by about 1.25 sigma / sqrt(k)
         flat = mid - level <= 2.0 * 1.25 * noise * math.sqrt(1.0 / len(before) + 1.0 / len(between)) \
-            and mid - level <= 0.25 * (latest - mid)
+            and mid - level <= SPIKE_MID_SHARE * (latest - mid)
         return flat and latest - level <= height + SPIKE_LIKE_SIGMAS * noise
 
     def _new_territory(self, trend: _Trend, time_s: float, noise: float) -> bool:

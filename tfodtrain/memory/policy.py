@@ -255,7 +255,7 @@ def describe(a: Assessment, horizon_s: float, horizon_name: str = "horizon") -> 
     if a.window.get("stairs"):  # a staircase (see detector._Stairs): it dies at a stair
         growth = f"in stairs of {_bytes(a.window['stair_bytes'])} every {_duration(a.window['stair_every_s'])}"
     at_step = f" at step {a.projected_exhaustion_step}" if a.projected_exhaustion_step is not None else ""
-    reach = "to reach" if a.window.get("stairs_to_limit", 1) == 1 else "to leave less than a stair below"
+    reach = "to reach" if a.window.get("stairs_to_limit", 1) <= 1 else "to leave less than a stair below"
     return (f"{a.pool}: memory grows {growth} ({p}); projected {reach} the {a.limit_bytes / GIB:.1f} GiB limit"
             f"{at_step} in {_duration(a.seconds_to_limit)} (< {_duration(horizon_s)} {horizon_name}); "
             f"now {a.used_bytes / GIB:.1f} GiB, peaks reach {a.peak_headroom_bytes / GIB:.1f} GiB above the floor")
