@@ -757,9 +757,10 @@ class _Stairs:
     the other counts as two, a stair between them not found under noise or a sawtooth). It is
     projected to die at its next stair when the level now, plus the smallest of their heights, plus
     the highest the readings went above their stair's level since the first of them (or the highest
-    spike of the last two hours, if higher), reaches the limit; or when two more stairs reach it: the
-    run cannot outlive the stair after next, and after the next one a reading a little higher than
-    any before kills it (aborted one stair early, a leak loses nothing). It dies now when the level
+    spike of the last two hours, if higher), reaches the limit; or when two more stairs, plus that
+    excursion, reach it: the run cannot outlive the stair after next, and after the next one a
+    reading a little higher than any before (or a spike) kills it (aborted one stair early, a leak
+    loses nothing). It dies now when the level
     plus that excursion (or spike) reaches the limit without another stair. A stair overdue by half a
     gap ends the staircase (an allocator's stairs stop).
     Cost: a few comparisons per reading; a bin's close looks at seven bins."""
@@ -866,8 +867,8 @@ class _Stairs:
             to_limit, headroom = 0, reach  # its readings reach the limit from the level it holds now
         elif level + headroom >= limit:
             to_limit = 1
-        elif level + 2 * height >= limit:
-            to_limit = 2
+        elif level + 2 * height + plan["excursion"] >= limit:
+            to_limit = 2  # the stair after next, and its readings as high above it as any before
         else:
             return None
         if "p_value" not in plan:  # once per plan: a Mann-Kendall over up to STAIR_HISTORY bins
