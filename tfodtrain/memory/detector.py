@@ -760,9 +760,9 @@ class _Stairs:
     spike of the last two hours, if higher), reaches the limit; or when two more stairs, plus that
     excursion, reach it: the run cannot outlive the stair after next, and after the next one a
     reading a little higher than any before (or a spike) kills it (aborted one stair early, a leak
-    loses nothing). It dies now when the level
-    plus that excursion (or spike) reaches the limit without another stair. A stair overdue by half a
-    gap ends the staircase (an allocator's stairs stop).
+    loses nothing). It dies now when the level plus that excursion (or spike) reaches the limit
+    without another stair. A stair overdue by half a gap ends the staircase (an allocator's stairs
+    stop).
     Cost: a few comparisons per reading; a bin's close looks at seven bins."""
 
     def __init__(self) -> None:
