@@ -21,6 +21,14 @@ from helpers.shared_runs import RESUMES, RUNS
 TRAINING_FIXTURES = ("smoke_run", "tensorboard_url", *RUNS, *RESUMES)
 
 
+def pytest_configure(config):
+    # Each xdist worker would train its own copy of every session run (the smoke run, the shared runs)
+    # on the same cores: -n is for the quick loop, whose tests train nothing.
+    if getattr(config.option, "numprocesses", None) and "not slow" not in (config.option.markexpr or ""):
+        raise pytest.UsageError("-n (parallel workers) is for the quick loop: python -m pytest -m 'not slow' -n 2; "
+                                "the tests that train share runs one process starts: python -m pytest, without -n")
+
+
 def pytest_collection_modifyitems(config, items):
     unmarked = [item.nodeid for item in items if set(TRAINING_FIXTURES) & set(getattr(item, "fixturenames", ()))
                 and item.get_closest_marker("slow") is None]
