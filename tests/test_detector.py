@@ -220,6 +220,26 @@ def test_a_leak_that_starts_20_s_into_a_flat_start_is_aborted_before_the_limit()
     assert death - hit[1] >= 20, hit
 
 
+def test_a_quiet_start_that_creeps_up_by_a_mebibyte_still_ends_the_start_up():
+    """The watch's leaking child as one suite run read it: 14.7 MB, then 15.5, then 16.5 MB at 17 s (a 1-MiB
+    creep, no noise), then 30 MiB/s from 20 s towards a 2.5 GiB budget. Eight quiet readings that each rise
+    by a little are a significant rise to Mann-Kendall: the start-up discount ran on into the leak, for its
+    full 2 minutes, and the child died at 103 s, never aborted. A rise of under 0.5% of the limit ends it."""
+    limit = 2500 * MIB
+    times = [0.7, 5.4] + [5.4 + 2.0 * i for i in range(1, 60)]
+    used = [int(14.7e6), int(15.5e6)] + [int(15.5e6)] * 4 + [int(16.5e6)] * 3
+    used += [int(16.5e6 + 30 * MIB * (t - 20.0)) for t in times[len(used):]]
+    guard, abort_s = MemoryGuard(), None
+    for step, (t, u) in enumerate(zip(times, used), start=1):
+        if u >= limit:
+            break
+        if guard.observe("host", step, t, u, limit).action == "abort":
+            abort_s = t
+            break
+    death_s = 20.0 + (limit - 16.5e6) / (30 * MIB)
+    assert abort_s is not None and death_s - abort_s >= 30, abort_s
+
+
 def test_a_noisy_ramp_does_not_end_the_start_up_by_chance():
     """The allocator's start on a noisy card (sigma 1.75% of the limit, a reading a second): eight readings
     on the ramp may set no new high and show no significant rise by chance. The start-up ended there and

@@ -1058,8 +1058,10 @@ class TrendDetector:
         """The start-up discount, on evidence in the readings alone: it ends when the last quarter
         of its readings (at least 3) sets no new high above the earlier ones by more than 0.5% of
         the limit, the last half (at least 8) shows no significant rise (Mann-Kendall, p > 0.05:
-        noisy readings may miss a new high on a ramp) and is shown to be flat (``_shown_flat``),
-        or after ``startup_s``."""
+        noisy readings may miss a new high on a ramp) or spans no more than those 0.5% (a quiet
+        start that crept up by 1 MiB of 2.5 GiB is a significant rise, and its discount ran on into
+        a leak that began right after it), and is shown to be flat (``_shown_flat``), or after
+        ``startup_s``."""
         if self._startup is None:
             return False
         self._startup.append(used)
@@ -1069,8 +1071,9 @@ class TrendDetector:
         if not over and len(readings) >= 8:
             recent = max(3, len(readings) // 4)
             half = max(8, len(readings) // 2)
-            over = max(readings[-recent:]) <= max(readings[:-recent]) + 0.005 * max(limit, 0) \
-                and mann_kendall_p(readings[-half:]) > 0.05 \
+            settle = 0.005 * max(limit, 0)
+            over = max(readings[-recent:]) <= max(readings[:-recent]) + settle \
+                and (mann_kendall_p(readings[-half:]) > 0.05 or max(readings[-half:]) - min(readings[-half:]) <= settle) \
                 and self._shown_flat(self._startup_times[-half:], readings[-half:], limit)
         if over:
             self._startup, self._startup_times = None, []
