@@ -1,6 +1,11 @@
 """Fixtures: the shapes-data cache, one trained smoke run per session, a TensorBoard server over it, and the
 long runs of helpers/shared_runs.py (leak_demo's leaks, the supervised smoke run), started side by side when
-the session starts and shared; the tests that read them run after all the others.
+the session starts and shared; the tests that read them run after the others of their file.
+
+The suite runs on two pytest-xdist workers (`-n 2 --dist loadgroup` in pyproject's addopts; `-n 0`: one
+process). The training runs that tests share are started once for the whole session, whichever process asks
+first (helpers/session_runs.py), and read by both workers; the tests of a file with module fixtures stay on one
+worker, so those are built once.
 
 Helpers the tests import live in tests/helpers/ (`from helpers.cli import run_cli`). Every test that
 trains is marked `slow`; a test that asks for a training fixture without the mark stops collection.
@@ -9,47 +14,93 @@ trains is marked `slow`; a test that asks for a training fixture without the mar
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import pytest
 
-from helpers.background import Background
-from helpers.cli import run_cli
+from helpers.session_runs import SessionRuns
 from helpers.shared_runs import RESUMES, RUNS
 
-TRAINING_FIXTURES = ("smoke_run", "tensorboard_url", *RUNS, *RESUMES)
+SMOKE = "smoke_run"
+TRAINING_FIXTURES = (SMOKE, "tensorboard_url", *RUNS, *RESUMES)
+SHARED_DIR_VARIABLE = "TFODTRAIN_TEST_SESSION_DIR"  # set by the main process; xdist's workers inherit it
 
 
+@pytest.hookimpl(trylast=True)  # after pytest's own tmp_path plugin has set up the base temp dir
 def pytest_configure(config):
-    # Each xdist worker would train its own copy of every session run (the smoke run, the shared runs)
-    # on the same cores: -n is for the quick loop, whose tests train nothing.
-    if getattr(config.option, "numprocesses", None) and "not slow" not in (config.option.markexpr or ""):
-        raise pytest.UsageError("-n (parallel workers) is for the quick loop: python -m pytest -m 'not slow' -n 2; "
-                                "the tests that train share runs one process starts: python -m pytest, without -n")
+    if not hasattr(config, "workerinput"):  # the main process (xdist's controller, or the only one)
+        os.environ[SHARED_DIR_VARIABLE] = str(config._tmp_path_factory.getbasetemp() / "session-runs")
 
 
+def pytest_sessionfinish(session):
+    if not hasattr(session.config, "workerinput"):  # after every worker: a run nobody waited for is not left behind
+        SessionRuns(Path(os.environ[SHARED_DIR_VARIABLE])).kill_unfinished()
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
 def pytest_collection_modifyitems(config, items):
+    # A file whose tests share a module fixture (a Mask R-CNN run, slow watches started side by side) keeps them
+    # on one worker, which builds it once; the other tests go to whichever worker is free.
+    for item in items:
+        defs = getattr(item, "_fixtureinfo", None)
+        if defs and any(d.scope == "module" for chain in defs.name2fixturedefs.values() for d in chain):
+            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
     unmarked = [item.nodeid for item in items if set(TRAINING_FIXTURES) & set(getattr(item, "fixturenames", ()))
                 and item.get_closest_marker("slow") is None]
     if unmarked:
         raise pytest.UsageError("these tests train (through a training fixture) and are not marked slow: " + ", ".join(unmarked))
-    # The tests that read a shared run come last: the runs start with the session and mostly wait on a
-    # leak's pace, so the other tests use that time instead of waiting for them (stable: file order kept).
+    # The tests that read a shared run come last in their file: the runs start with the session and mostly wait
+    # on a leak's pace, so the other tests use that time instead of waiting for them (stable: file order kept).
     shared = set(RUNS) | set(RESUMES)
     items.sort(key=lambda item: bool(shared & set(getattr(item, "fixturenames", ()))))
 
 
+def _session_dir() -> Path:
+    return Path(os.environ[SHARED_DIR_VARIABLE])
+
+
 @pytest.fixture(scope="session")
-def data_cache(tmp_path_factory) -> Path:
-    """One shapes-dataset cache for the whole session (generated on first use)."""
-    path = Path(os.environ.get("TFODTRAIN_TEST_CACHE") or tmp_path_factory.mktemp("tfodtrain-cache"))
+def data_cache() -> Path:
+    """One shapes-dataset cache for the whole session, both workers (generated on first use; its writers stage
+    and rename, so two at once do no harm)."""
+    path = Path(os.environ.get("TFODTRAIN_TEST_CACHE") or _session_dir() / "tfodtrain-cache")
+    path.mkdir(parents=True, exist_ok=True)
     os.environ["TFODTRAIN_CACHE"] = str(path)
     return path
 
 
+@pytest.fixture(scope="session", autouse=True)
+def shared_runs(request):
+    """Starts, when the session starts, every session run that a selected test asks for (none under -m "not
+    slow"): the smoke run and those of helpers/shared_runs.py. They run side by side, mostly waiting on a leak's
+    pace, while the session goes on; whichever process asks first starts each, once. Yields SessionRuns."""
+    asked = {name for item in request.session.items for name in getattr(item, "fixturenames", ())}
+    runs = SessionRuns(_session_dir())
+    resumes = sorted(asked & set(RESUMES))
+    wanted = sorted((asked & set(RUNS)) | {RESUMES[name][0] for name in resumes})
+    smoke = bool(asked & {SMOKE, "tensorboard_url"}) and not os.environ.get("TFODTRAIN_TEST_SMOKE_RUN")
+    if wanted or smoke:
+        request.getfixturevalue("data_cache")  # the runs' shapes data cache (TFODTRAIN_CACHE)
+    if smoke:
+        runs.start(SMOKE, ["+experiment=smoke"], timeout=900)
+    for name in wanted:
+        runs.start(name, RUNS[name](), timeout=1200)
+    for name in resumes:
+        runs.start(name, None, timeout=600, after=RESUMES[name][0])
+    yield runs
+
+
+def _shared_run(shared_runs, name: str, patience: float = 2400):
+    """(run dir, CompletedProcess) of a session run; its console beside the run dir, in ../console.txt."""
+    result = shared_runs.result(name, patience)
+    console = shared_runs.run_dir(name).parent / "console.txt"
+    if not console.exists():
+        console.write_text(result.stdout + result.stderr)
+    return shared_runs.run_dir(name), result
+
+
 @pytest.fixture(scope="session")
-def smoke_run(tmp_path_factory, data_cache) -> Path:
+def smoke_run(shared_runs) -> Path:
     """A finished `+experiment=smoke` run dir, trained once per session and shared (read-only!).
 
     Its console output is kept beside it, in ../console.txt. TFODTRAIN_TEST_SMOKE_RUN=DIR reuses a
@@ -58,9 +109,7 @@ def smoke_run(tmp_path_factory, data_cache) -> Path:
     reuse = os.environ.get("TFODTRAIN_TEST_SMOKE_RUN")
     if reuse:
         return Path(reuse)
-    run_dir = tmp_path_factory.mktemp("smoke") / "run"
-    result = run_cli(["+experiment=smoke"], run_dir=run_dir)
-    (run_dir.parent / "console.txt").write_text(result.stdout + result.stderr)
+    run_dir, result = _shared_run(shared_runs, SMOKE)
     assert result.returncode == 0, result.stderr[-3000:]
     return run_dir
 
@@ -72,37 +121,6 @@ def tensorboard_url(smoke_run) -> str:
 
     with serve(smoke_run) as url:
         yield url
-
-
-@pytest.fixture(scope="session", autouse=True)
-def shared_runs(request, tmp_path_factory):
-    """Starts, when the session starts, every run of helpers/shared_runs.py that a selected test asks for (none
-    under -m "not slow"); they run side by side, mostly waiting on a leak's pace, while the session goes on.
-    Yields (run dirs, Background)."""
-    asked = {name for item in request.session.items for name in getattr(item, "fixturenames", ())}
-    resumes = sorted(asked & set(RESUMES))
-    wanted = sorted((asked & set(RUNS)) | {RESUMES[name][0] for name in resumes})
-    runs, run_dirs = Background(), {}
-    if wanted:
-        request.getfixturevalue("data_cache")  # the runs' shapes data cache (TFODTRAIN_CACHE)
-    for name in wanted:
-        run_dirs[name] = tmp_path_factory.mktemp(name) / "run"
-        runs.start_cli(name, RUNS[name](), run_dirs[name], timeout=1200)
-    for name in resumes:
-        first, make_args = RESUMES[name]
-        run_dirs[name] = tmp_path_factory.mktemp(name) / "run"
-        runs.then(name, after=first, timeout=600, make_args=lambda first=first, name=name, make_args=make_args: [
-            sys.executable, "-m", "tfodtrain", *make_args(run_dirs[first], run_dirs[name]),
-            f"hydra.run.dir={run_dirs[name]}"])
-    yield run_dirs, runs
-    runs.stop()
-
-
-def _shared_run(shared_runs, name: str):
-    run_dirs, runs = shared_runs
-    result = runs.result(name)
-    (run_dirs[name].parent / "console.txt").write_text(result.stdout + result.stderr)
-    return run_dirs[name], result
 
 
 @pytest.fixture(scope="session")

@@ -185,17 +185,3 @@ def test_the_readmes_replay_example_runs_on_the_sample_traces():
     lines = [json.loads(line) for line in done.stdout.splitlines()]
     labels = json.loads((REPO / "tests" / "data" / "sample_traces" / "labels.json").read_text())
     assert sorted(line["trace"] for line in lines) == sorted(labels)
-
-
-def test_parallel_workers_are_for_the_quick_loop_only():
-    """The README's quick loop runs on two workers; -n without it would train each session run once per worker."""
-    import subprocess
-    import sys
-
-    from helpers.repo import REPO
-
-    assert any("-m \"not slow\" -n 2" in command for command in _readme_commands("pytest"))
-    done = subprocess.run([sys.executable, "-m", "pytest", "-n", "2", "tests/test_replay.py", "-q", "-p", "no:cacheprovider"],
-                          cwd=REPO, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 4, done.stdout[-2000:] + done.stderr[-2000:]
-    assert "-n (parallel workers) is for the quick loop" in done.stderr and "Traceback" not in done.stderr
