@@ -2,8 +2,7 @@
 long runs of helpers/shared_runs.py (leak_demo's leaks, the supervised smoke run), started side by side when
 the session starts and shared; the tests that read them run after the others of their file.
 
-The suite runs on two pytest-xdist workers (`-n 2 --dist loadgroup` in pyproject's addopts; `-n 0`: one
-process). The training runs that tests share are started once for the whole session, whichever process asks
+The suite runs on two pytest-xdist workers (`-n 2` in pyproject's addopts; `-n 0`: one process). The training runs that tests share are started once for the whole session, whichever process asks
 first (helpers/session_runs.py), and read by both workers; the tests of a file with module fixtures stay on one
 worker, so those are built once.
 
@@ -20,10 +19,12 @@ import pytest
 
 from helpers.session_runs import SessionRuns
 from helpers.shared_runs import RESUMES, RUNS
+from helpers.xdist_groups import GroupScheduling, write_groups
 
 SMOKE = "smoke_run"
 TRAINING_FIXTURES = (SMOKE, "tensorboard_url", *RUNS, *RESUMES)
 SHARED_DIR_VARIABLE = "TFODTRAIN_TEST_SESSION_DIR"  # set by the main process; xdist's workers inherit it
+GROUPS_FILE = "xdist-groups.json"
 
 
 @pytest.hookimpl(trylast=True)  # after pytest's own tmp_path plugin has set up the base temp dir
@@ -37,14 +38,11 @@ def pytest_sessionfinish(session):
         SessionRuns(Path(os.environ[SHARED_DIR_VARIABLE])).kill_unfinished()
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
+def pytest_xdist_make_scheduler(config, log):
+    return GroupScheduling(config, log, _session_dir() / GROUPS_FILE)
+
+
 def pytest_collection_modifyitems(config, items):
-    # A file whose tests share a module fixture (a Mask R-CNN run, slow watches started side by side) keeps them
-    # on one worker, which builds it once; the other tests go to whichever worker is free.
-    for item in items:
-        defs = getattr(item, "_fixtureinfo", None)
-        if defs and any(d.scope == "module" for chain in defs.name2fixturedefs.values() for d in chain):
-            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
     unmarked = [item.nodeid for item in items if set(TRAINING_FIXTURES) & set(getattr(item, "fixturenames", ()))
                 and item.get_closest_marker("slow") is None]
     if unmarked:
@@ -53,6 +51,8 @@ def pytest_collection_modifyitems(config, items):
     # on a leak's pace, so the other tests use that time instead of waiting for them (stable: file order kept).
     shared = set(RUNS) | set(RESUMES)
     items.sort(key=lambda item: bool(shared & set(getattr(item, "fixturenames", ()))))
+    if hasattr(config, "workerinput"):  # for the scheduler: a file with module fixtures stays on one worker
+        write_groups(items, _session_dir() / GROUPS_FILE)
 
 
 def _session_dir() -> Path:
