@@ -2,9 +2,10 @@
 long runs of helpers/shared_runs.py (leak_demo's leaks, the supervised smoke run), started side by side when
 the session starts and shared; the tests that read them run after the others of their file.
 
-The suite runs on two pytest-xdist workers (`-n 2` in pyproject's addopts; `-n 0`: one process). The training runs that tests share are started once for the whole session, whichever process asks
-first (helpers/session_runs.py), and read by both workers; the tests of a file with module fixtures stay on one
-worker, so those are built once.
+The suite runs on two pytest-xdist workers (`-n 2` in pyproject's addopts; `-n 0`: one process). The training
+runs that tests share are started once for the whole session, whichever process asks first
+(helpers/session_runs.py), and read by both workers; the tests of a file with module fixtures stay on one worker
+(helpers/xdist_groups.py), so those are built once.
 
 Helpers the tests import live in tests/helpers/ (`from helpers.cli import run_cli`). Every test that
 trains is marked `slow`; a test that asks for a training fixture without the mark stops collection.

@@ -60,3 +60,40 @@ def _alive_in_group(pgid: int) -> list[int]:
         except (ProcessLookupError, psutil.Error):
             pass
     return alive
+
+
+def test_the_tests_of_a_file_with_a_module_fixture_share_a_worker(tmp_path):
+    """Two workers, a file whose module fixture four tests use and a file of independent tests: the four run on
+    one worker, which builds the fixture once (xdist's own loadgroup split them under pytest 9)."""
+    import re
+    import subprocess
+    import sys
+
+    from helpers.repo import REPO
+
+    (tmp_path / "conftest.py").write_text(
+        f"import os, sys\nsys.path.insert(0, {str(REPO / 'tests')!r})\n"
+        "from helpers.xdist_groups import GroupScheduling, write_groups\n"
+        "from pathlib import Path\n"
+        "GROUPS = Path(os.environ['GROUPS_FILE'])\n"
+        "def pytest_xdist_make_scheduler(config, log):\n    return GroupScheduling(config, log, GROUPS)\n"
+        "def pytest_collection_modifyitems(config, items):\n"
+        "    if hasattr(config, 'workerinput'):\n        write_groups(items, GROUPS)\n")
+    (tmp_path / "test_shared.py").write_text(
+        "import os, time, pytest\n"
+        "@pytest.fixture(scope='module')\ndef built():\n"
+        "    with open(os.environ['BUILT_FILE'], 'a') as out:\n        out.write(f'{os.getpid()}\\n')\n"
+        + "".join(f"def test_uses_{i}(built):\n    time.sleep(0.2)\n" for i in range(4))
+        + "def test_alone():\n    time.sleep(0.2)\n")
+    (tmp_path / "test_other.py").write_text(
+        "import time\n" + "".join(f"def test_other_{i}():\n    time.sleep(0.2)\n" for i in range(6)))
+    done = subprocess.run([sys.executable, "-m", "pytest", "-n", "2", "-v", "-p", "no:cacheprovider",
+                           "-o", "addopts=", str(tmp_path)], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "GROUPS_FILE": str(tmp_path / "groups.json"),
+                                                    "BUILT_FILE": str(tmp_path / "built.txt")})
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    workers = {name: worker for worker, name in re.findall(r"\[(gw\d)\].*PASSED \S*::(test_\w+)", done.stdout)}
+    assert len(workers) == 11, done.stdout[-3000:]
+    assert len({workers[f"test_uses_{i}"] for i in range(4)}) == 1, workers
+    assert len(set(workers.values())) == 2, workers  # the other tests still spread over both
+    assert len((tmp_path / "built.txt").read_text().split()) == 1  # built once
