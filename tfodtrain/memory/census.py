@@ -557,11 +557,15 @@ class Census:
                id(self._collect_cache), id(self.__dict__)}
         for obj in objects:
             kind = type(obj)
-            if kind in _COUNTED_CONTAINERS and obj:
-                first = next(iter(obj))
-                item = type(first).__name__
+            # A tuple that another thread is still filling (tuple(generator) runs Python code between its items)
+            # holds NULLs, and iterating it crashes the process (a segfault in a test worker beside execnet's
+            # thread); the GC's own traversal skips them.
+            firsts = (gc.get_referents(obj)[:1] if kind is tuple else [next(iter(obj))]) \
+                if kind in _COUNTED_CONTAINERS and obj else ()
+            if firsts:
+                item = type(firsts[0]).__name__
                 counts[f"{kind.__name__} of {item}"] += 1
-                if not gc.is_tracked(first):
+                if not gc.is_tracked(firsts[0]):
                     counts[item] += len(obj)
             else:
                 counts[kind.__name__] += 1
