@@ -159,3 +159,18 @@ def test_clue_text_for_the_warning_the_report_and_the_picture():
     assert "| `KeepDetections.kept` | list | 3040 | 5.0 GiB | +800 items, +1.0 GiB |" in text
     assert "tf.function scaled_loss (x.py:3) retraced 20 times (40 traces) by 'step' (Python int value: 0, 1, 2, ...)" in text
     assert "census at step 96: 1.2 s, its own memory 6.0 MiB" in text
+
+
+def test_a_list_that_c_code_left_unfilled_is_counted_not_read():
+    """TensorFlow leaves a list of 5 NULLs in the heap after a SavedModel export; a census that read its first item
+    segfaulted (in the suite, after test_use). ctypes makes one here: PyList_New(40) with no item set."""
+    import ctypes
+    import gc
+
+    new_list = ctypes.pythonapi.PyList_New
+    new_list.restype, new_list.argtypes = ctypes.py_object, [ctypes.c_ssize_t]
+    unfilled = new_list(40)  # never touched from Python: its items are NULL
+    assert len(unfilled) == 40 and gc.get_referents(unfilled) == []
+    scan = Census(min_items=32).scan()
+    assert not any(holder is unfilled for holder in scan["big"])
+    assert scan["counts"]["list"] >= 1

@@ -557,11 +557,17 @@ class Census:
                id(self._collect_cache), id(self.__dict__)}
         for obj in objects:
             kind = type(obj)
-            # A tuple that another thread is still filling (tuple(generator) runs Python code between its items)
-            # holds NULLs, and iterating it crashes the process (a segfault in a test worker beside execnet's
-            # thread); the GC's own traversal skips them.
-            firsts = (gc.get_referents(obj)[:1] if kind is tuple else [next(iter(obj))]) \
-                if kind in _COUNTED_CONTAINERS and obj else ()
+            # A list or tuple that C code made and has not filled holds NULLs, and iterating it crashes the
+            # process: TensorFlow leaves a list of 5 NULLs after a SavedModel export, and a census after it
+            # segfaulted. The GC's own traversal skips NULLs; such a container is counted by its kind alone.
+            firsts, unfilled = (), False
+            if kind in _COUNTED_CONTAINERS and obj:
+                if kind is list or kind is tuple:
+                    present = gc.get_referents(obj)
+                    unfilled = len(present) != len(obj)
+                    firsts = () if unfilled else present[:1]
+                else:
+                    firsts = (next(iter(obj)),)
             if firsts:
                 item = type(firsts[0]).__name__
                 counts[f"{kind.__name__} of {item}"] += 1
@@ -569,7 +575,7 @@ class Census:
                     counts[item] += len(obj)
             else:
                 counts[kind.__name__] += 1
-            if isinstance(obj, HOLDER_TYPES) and kind is not _Own and id(obj) not in own:
+            if isinstance(obj, HOLDER_TYPES) and kind is not _Own and not unfilled and id(obj) not in own:
                 try:
                     if len(obj) >= self.min_items:
                         big.append(obj)
