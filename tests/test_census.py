@@ -162,8 +162,8 @@ def test_clue_text_for_the_warning_the_report_and_the_picture():
 
 
 def test_a_list_that_c_code_left_unfilled_is_counted_not_read():
-    """TensorFlow leaves a list of 5 NULLs in the heap after a SavedModel export; a census that read its first item
-    segfaulted (in the suite, after test_use). ctypes makes one here: PyList_New(40) with no item set."""
+    """A list of 5 NULLs is left in the heap after test_use's TensorFlow work (export, restore, warm starts); a
+    census that read its first item segfaulted. ctypes makes one here: PyList_New(40) with no item set."""
     import ctypes
     import gc
 

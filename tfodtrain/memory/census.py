@@ -558,8 +558,8 @@ class Census:
         for obj in objects:
             kind = type(obj)
             # A list or tuple that C code made and has not filled holds NULLs, and iterating it crashes the
-            # process: TensorFlow leaves a list of 5 NULLs after a SavedModel export, and a census after it
-            # segfaulted. The GC's own traversal skips NULLs; such a container is counted by its kind alone.
+            # process: a list of 5 NULLs was left in the heap after TensorFlow's export, restore and warm starts of
+            # tests/test_use.py, and a census after them segfaulted. The GC's own traversal skips NULLs; such a container is counted by its kind alone.
             firsts, unfilled = (), False
             if kind in _COUNTED_CONTAINERS and obj:
                 if kind is list or kind is tuple:
