@@ -239,3 +239,15 @@ def test_a_failing_census_is_one_line_and_the_guard_goes_on(caplog):
     assert report["census_error"] == "ZeroDivisionError: division by zero" and report["holders"] == []
     assert [r.getMessage() for r in caplog.records if "census" in r.getMessage()] == [
         "Leak clues: the census at step 2 failed (ZeroDivisionError: division by zero); the guard goes on"]
+
+
+def test_census_counts_a_list_that_c_code_left_unfilled_by_its_kind():
+    """A list of NULLs (left in the heap after test_use's TensorFlow work) segfaulted this census in the suite;
+    ctypes makes one here: PyList_New(40) with no item set."""
+    import ctypes
+
+    new_list = ctypes.pythonapi.PyList_New
+    new_list.restype, new_list.argtypes = ctypes.py_object, [ctypes.c_ssize_t]
+    unfilled = new_list(40)  # never touched from Python: its items are NULL
+    counts = census()
+    assert counts["list"] >= 1 and len(unfilled) == 40

@@ -63,6 +63,8 @@ import time
 import tracemalloc
 import types
 
+from tfodtrain.memory.pyobjects import first_item
+
 HOLDER_TYPES = (list, dict, set, collections.deque)
 
 
@@ -557,17 +559,11 @@ class Census:
                id(self._collect_cache), id(self.__dict__)}
         for obj in objects:
             kind = type(obj)
-            # A list or tuple that C code made and has not filled holds NULLs, and iterating it crashes the
-            # process: a list of 5 NULLs was left in the heap after TensorFlow's export, restore and warm starts of
-            # tests/test_use.py, and a census after them segfaulted. The GC's own traversal skips NULLs; such a container is counted by its kind alone.
-            firsts, unfilled = (), False
-            if kind in _COUNTED_CONTAINERS and obj:
-                if kind is list or kind is tuple:
-                    present = gc.get_referents(obj)
-                    unfilled = len(present) != len(obj)
-                    firsts = () if unfilled else present[:1]
-                else:
-                    firsts = (next(iter(obj)),)
+            # A list or tuple that C code left unfilled (first_item gives nothing) is counted by its kind alone
+            # and never taken for a holder: its items are NULLs.
+            counted = kind in _COUNTED_CONTAINERS and bool(obj)
+            firsts = first_item(obj, kind) if counted else ()
+            unfilled = counted and not firsts
             if firsts:
                 item = type(firsts[0]).__name__
                 counts[f"{kind.__name__} of {item}"] += 1

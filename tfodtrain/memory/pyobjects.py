@@ -28,13 +28,26 @@ import time
 _CONTAINERS = (list, tuple, set, frozenset, collections.deque)
 
 
+def first_item(obj, kind) -> tuple:
+    """(its first item,) for a non-empty container, () for a list or tuple that C code made and left unfilled.
+
+    Such a list holds NULLs, and iterating it crashes the process: a list of 5 NULLs was left in the heap after
+    TensorFlow's export, restore and warm starts of tests/test_use.py, and a census after them segfaulted. The
+    GC's own traversal skips NULLs."""
+    if kind is list or kind is tuple:
+        present = gc.get_referents(obj)
+        return () if len(present) != len(obj) else tuple(present[:1])
+    return (next(iter(obj)),)
+
+
 def census() -> collections.Counter:
     """Objects by kind: the type name, or `list of X` for a non-empty container whose first item is an X."""
     counts: collections.Counter = collections.Counter()
     for obj in gc.get_objects():
         kind = type(obj)
-        if kind in _CONTAINERS and obj:
-            first = next(iter(obj))
+        firsts = first_item(obj, kind) if kind in _CONTAINERS and obj else ()
+        if firsts:
+            first = firsts[0]
             item = type(first).__name__
             counts[f"{kind.__name__} of {item}"] += 1
             if not gc.is_tracked(first):  # e.g. ndarray, str: not in gc.get_objects, count them from here
