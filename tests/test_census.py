@@ -174,3 +174,25 @@ def test_a_list_that_c_code_left_unfilled_is_counted_not_read():
     scan = Census(min_items=32).scan()
     assert not any(holder is unfilled for holder in scan["big"])
     assert scan["counts"]["list"] >= 1
+
+
+def test_a_path_through_a_list_that_c_code_left_partly_unfilled_is_walked_without_reading_its_nulls():
+    """Such a list refers to the items it holds, so it can be a referrer on a holder's path; reading its NULLs
+    crashed the process. ctypes makes one here: PyList_New(3) with only its middle item set."""
+    import ctypes
+
+    api = ctypes.pythonapi
+    api.PyList_New.restype, api.PyList_New.argtypes = ctypes.py_object, [ctypes.c_ssize_t]
+    api.PyList_SetItem.restype, api.PyList_SetItem.argtypes = ctypes.c_int, [ctypes.py_object, ctypes.c_ssize_t,
+                                                                              ctypes.py_object]
+    class Owner:
+        pass
+
+    owner = Owner()
+    owner.held = [float(i) for i in range(50)]
+    partly = api.PyList_New(3)
+    api.Py_IncRef(ctypes.py_object(owner.held))  # PyList_SetItem steals a reference
+    assert api.PyList_SetItem(partly, 1, owner.held) == 0
+    paths = find_paths([owner.held])
+    assert paths[id(owner.held)]["path"] == "Owner.held"
+    assert len(partly) == 3

@@ -63,14 +63,13 @@ import time
 import tracemalloc
 import types
 
-from tfodtrain.memory.pyobjects import first_item
+from tfodtrain.memory.pyobjects import count_object, filled_items
 
 HOLDER_TYPES = (list, dict, set, collections.deque)
 
 
 class _Own(dict):
     """The census's own tables (ids and lengths): never counted as holders."""
-_COUNTED_CONTAINERS = (list, tuple, set, frozenset, collections.deque)  # pyobjects' `list of X` kinds
 _OPAQUE = (types.ModuleType, type, types.FunctionType, types.BuiltinFunctionType, types.MethodType,
            types.CodeType, types.FrameType, types.CellType)
 _ADDING = {"append", "extend", "insert", "appendleft", "extendleft", "add", "update", "setdefault",
@@ -191,9 +190,11 @@ def _edge(parent, child) -> str | None:
                 return f"[{key!r}]"
         return "[key]"
     if isinstance(parent, (list, tuple, collections.deque)):
-        limit = min(len(parent), 100_000)
-        for i in range(limit):
-            if parent[i] is child:
+        items = _items_of(parent) if len(parent) <= 1_000_000 else None  # a copy of its items: bounded
+        if items is None:
+            return "[?]"
+        for i, item in enumerate(items[:100_000]):
+            if item is child:
                 return f"[{i}]"
         return "[?]"
     if isinstance(parent, types.CellType):
@@ -201,6 +202,14 @@ def _edge(parent, child) -> str | None:
     if getattr(parent, "__dict__", None) is child:
         return ".__dict__"
     return ""
+
+
+def _items_of(parent) -> list | None:
+    """A sequence's items without reading a NULL: a list or tuple that C code left partly unfilled refers to what
+    it holds, so it can be a referrer on a path (None: it holds NULLs)."""
+    if type(parent) is list or type(parent) is tuple:
+        return filled_items(parent)
+    return list(parent)
 
 
 def _render(labels: list[str]) -> str:
@@ -256,7 +265,8 @@ def find_paths(targets: list, *, depth: int = 12, deadline: float | None = None,
         for parent in referrers:
             if id(parent) in ignore or id(parent) in own_frames or isinstance(parent, _Node):
                 continue
-            if isinstance(parent, (list, tuple)) and len(parent) == len(objs) and len(objs) and parent[0] is objs[0]:
+            if isinstance(parent, (list, tuple)) and len(parent) == len(objs) and len(objs) \
+                    and (_items_of(parent) or [None])[0] is objs[0]:
                 continue  # the argument tuple of get_referrers
             if isinstance(parent, types.FrameType):
                 if parent.f_code.co_filename == __file__:
@@ -559,19 +569,10 @@ class Census:
                id(self._collect_cache), id(self.__dict__)}
         for obj in objects:
             kind = type(obj)
-            # A list or tuple that C code left unfilled (first_item gives nothing) is counted by its kind alone
-            # and never taken for a holder: its items are NULLs.
-            counted = kind in _COUNTED_CONTAINERS and bool(obj)
-            firsts = first_item(obj, kind) if counted else ()
-            unfilled = counted and not firsts
-            if firsts:
-                item = type(firsts[0]).__name__
-                counts[f"{kind.__name__} of {item}"] += 1
-                if not gc.is_tracked(firsts[0]):
-                    counts[item] += len(obj)
-            else:
-                counts[kind.__name__] += 1
-            if isinstance(obj, HOLDER_TYPES) and kind is not _Own and not unfilled and id(obj) not in own:
+            # A list or tuple that C code left unfilled is counted by its type alone and never taken for a
+            # holder: its items are NULLs.
+            readable = count_object(counts, obj, kind)
+            if isinstance(obj, HOLDER_TYPES) and kind is not _Own and readable and id(obj) not in own:
                 try:
                     if len(obj) >= self.min_items:
                         big.append(obj)

@@ -28,32 +28,48 @@ import time
 _CONTAINERS = (list, tuple, set, frozenset, collections.deque)
 
 
-def first_item(obj, kind) -> tuple:
-    """(its first item,) for a non-empty container, () for a list or tuple that C code made and left unfilled.
+def filled_items(obj) -> list | None:
+    """The items of a list or tuple, read through the GC's traversal, or None for one that C code made and left
+    unfilled.
 
-    Such a list holds NULLs, and iterating it crashes the process: a list of 5 NULLs was left in the heap after
-    TensorFlow's export, restore and warm starts of tests/test_use.py, and a census after them segfaulted. The
-    GC's own traversal skips NULLs."""
+    Such a list holds NULLs, and reading one of them crashes the process: a list of 5 NULLs was left in the heap
+    after TensorFlow's export, restore and warm starts of tests/test_use.py, and a census after them segfaulted.
+    The traversal skips NULLs, so it gives fewer items than the length."""
+    present = gc.get_referents(obj)
+    return present if len(present) == len(obj) else None
+
+
+def first_item(obj, kind) -> tuple:
+    """(its first item,) for a non-empty container of `kind` (its exact type), () for a list or tuple left unfilled."""
     if kind is list or kind is tuple:
-        present = gc.get_referents(obj)
-        return () if len(present) != len(obj) else tuple(present[:1])
+        present = filled_items(obj)
+        return tuple(present[:1]) if present is not None else ()
     return (next(iter(obj)),)
 
 
+def count_object(counts: collections.Counter, obj, kind) -> bool:
+    """Counts `obj` in `counts` under its kind: the type name, or `list of X` for a non-empty container whose first
+    item is an X (and its items as X too when the GC does not track them: arrays, strings). False for a list or tuple
+    left unfilled (counted by its type alone): its items must not be read."""
+    if kind in _CONTAINERS and obj:
+        firsts = first_item(obj, kind)
+        if not firsts:
+            counts[kind.__name__] += 1
+            return False
+        item = type(firsts[0]).__name__
+        counts[f"{kind.__name__} of {item}"] += 1
+        if not gc.is_tracked(firsts[0]):  # e.g. ndarray, str: not in gc.get_objects, count them from here
+            counts[item] += len(obj)
+        return True
+    counts[kind.__name__] += 1
+    return True
+
+
 def census() -> collections.Counter:
-    """Objects by kind: the type name, or `list of X` for a non-empty container whose first item is an X."""
+    """Objects by kind (`count_object`): the type name, or `list of X`."""
     counts: collections.Counter = collections.Counter()
     for obj in gc.get_objects():
-        kind = type(obj)
-        firsts = first_item(obj, kind) if kind in _CONTAINERS and obj else ()
-        if firsts:
-            first = firsts[0]
-            item = type(first).__name__
-            counts[f"{kind.__name__} of {item}"] += 1
-            if not gc.is_tracked(first):  # e.g. ndarray, str: not in gc.get_objects, count them from here
-                counts[item] += len(obj)
-        else:
-            counts[kind.__name__] += 1
+        count_object(counts, obj, type(obj))
     return counts
 
 
