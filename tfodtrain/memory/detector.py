@@ -67,6 +67,7 @@ SETTLE_BIN_S = 5.0  # the first SETTLING_S of readings, averaged in bins of this
 SETTLE_PACE_Z = 3.0  # the latest bins' pace must exceed the settling curve's by this many standard errors
 SETTLE_JUMP_Z = 3.0  # a jump taken out of the start's bins stands out of their noise by this many sigmas
 SETTLE_TAUS = tuple(10.0 * 1.25 ** k for k in range(13))  # time constants tried: 10 s to ~2.4 min (the last one: no bend)
+SETTLE_HALF_CHUNKS = 4  # a fast window's growth slows down significantly only with this many floors in each half
 SEGMENTS = 4  # the floor must rise from each quarter of a window to the next to be sustained
 NOISE_PEAK_Z = 3.0  # a fast window's peaks reach at least this many noise sigmas above its trend
 NOISE_REACH_S = 180.0  # and, read often, as high as the highest of this many seconds of readings (the abort horizon)
@@ -437,9 +438,11 @@ def fit_trend(chunks: Sequence[_Chunk], min_chunks: int, sustain_ratio: float, s
     # full) approaches a level: its time constant, from the slopes of its two halves.
     # Only a significant slow-down counts (the recent half's slope lies above the early half's
     # nowhere in their confidence bands): a sawtooth's phases tilt the halves of a leak's span by
-    # chance, and a leak taken for settling is projected never to arrive.
+    # chance, and a leak taken for settling is projected never to arrive. Each half needs
+    # SETTLE_HALF_CHUNKS floors: the band of three is their slopes' whole range, which holds the
+    # true slope only two times in three.
     settle_s = math.inf
-    if fast and half >= 3 and recent_slope > 0:
+    if fast and half >= SETTLE_HALF_CHUNKS and n - half >= SETTLE_HALF_CHUNKS and recent_slope > 0:
         early_slopes = _kept_slopes(chunks[:half])
         early = _median_sorted(early_slopes)
         if 0 < recent_slope < early and _band(recent_slopes, n - half, slope_z)[1] < _band(early_slopes, half, slope_z)[0]:
@@ -1199,6 +1202,8 @@ class TrendDetector:
         if TrendDetector._curve_levels_off(ts, ys, counts, limit, noise):
             return True
         for width in (1, 2):  # a jump's edge may fall inside a bin: then it spans two
+            # (with a bin taken out, a line may fit what is left best: a GC sawtooth's ramp on a plateau's
+            # start fitted so, and the plateau at 94% of its limit was aborted)
             at = max(range(len(ys) - width), key=lambda i: ys[i + width] - ys[i])
             jump = ys[at + width] - ys[at]
             # only a jump that stands out of the noise of two bins' means (a noisy ramp's largest
@@ -1206,13 +1211,13 @@ class TrendDetector:
             if jump > SETTLE_JUMP_Z * noise * math.sqrt(1.0 / counts[at] + 1.0 / counts[at + width]) \
                     and TrendDetector._curve_levels_off(
                     ts[:at + 1] + ts[at + width:], ys[:at + 1] + [y - jump for y in ys[at + width:]],
-                    counts[:at + 1] + counts[at + width:], limit - jump, noise):
+                    counts[:at + 1] + counts[at + width:], limit - jump, noise, line_wins=width == 1):
                 return True
         return False
 
     @staticmethod
     def _curve_levels_off(ts: Sequence[float], ys: Sequence[float], counts: Sequence[int], limit: float,
-                          noise: float) -> bool:
+                          noise: float, line_wins: bool = True) -> bool:
         """Whether a fit about as good as the best (the one with the lowest level) bends over within
         the time constants tried (an allocator's or a first evaluation's rise, not a leak's line) to a
         level two noise sigmas below ``limit``, with the latest bins on the curve and rising no faster
@@ -1234,9 +1239,13 @@ class TrendDetector:
             return False
         # The time constant, and with it the level, is the least sure part of the fit: of the rises
         # that bend over within the grid and fit about as well as the best (within the 95% bound of
-        # a one-parameter F test), the one with the lowest level is judged. None: no rise, or one
-        # that does not bend over (a leak's line).
-        best_sse = min(fit[0] for fit in fits)
+        # a one-parameter F test), the one with the lowest level is judged. None: no rise, one that
+        # does not bend over (a leak's line), or readings that fit best with no bend at all: a leak
+        # that begins as the start levels off is then no start, even when a bend fits about as well
+        # under noise (a 3-minute leak from 2 minutes in was taken for the start until 36 s before it died).
+        best_sse, best_tau = min((fit[0], fit[1]) for fit in fits)
+        if line_wins and best_tau >= SETTLE_TAUS[-1]:
+            return False
         plausible = [fit for fit in fits if fit[0] <= best_sse * (1.0 + SETTLE_F / (n - 3))
                      and fit[3] < 0 and fit[1] < SETTLE_TAUS[-1]]
         if not plausible:
