@@ -1,0 +1,37 @@
+"""scripts/guard_families.py: scoring the guard family by family, and --until (the first seconds of each trace)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+SCRIPT = REPO / "scripts" / "guard_families.py"
+
+
+def run_families(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(SCRIPT), *args], cwd=REPO, capture_output=True, text=True, timeout=300)
+
+
+def test_until_replays_the_first_seconds_and_leaves_out_the_leaks_that_die_later(tmp_path):
+    out = tmp_path / "until.json"
+    done = run_families("--seed", "37575", "--families", "leak_3min,high_plateau", "--until", "400", "--json", str(out))
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(lines) == 12
+    early = [r for r in lines if r["leak"] and r["death_s"] <= 400]
+    late = [r for r in lines if r["leak"] and r["death_s"] > 400]
+    assert early and late  # 3-minute leaks from 2 minutes in, and from 30 minutes or hours in
+    assert all(r["abort_time_s"] is None for r in late)  # their readings after 400 s were never replayed
+    assert all(r["abort_time_s"] is None or r["abort_time_s"] <= 400 for r in lines)
+    row = next(line for line in done.stdout.splitlines() if line.startswith("| leak_3min |"))
+    assert row.split("|")[2].strip() == f"{sum(1 for r in early if r['death_s'] - r['abort_time_s'] >= 60)}/{len(early)}"
+    assert "the first 400 s of each" in done.stdout
+    assert done.returncode == (0 if "MISSED" not in done.stdout and "FALSE" not in done.stdout else 1)
+
+
+def test_a_bad_until_is_one_line_and_exit_2():
+    done = run_families("--until", "0")
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.strip() == "guard_families: --until takes a number of seconds above 0, not 0"
