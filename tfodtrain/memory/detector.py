@@ -1221,7 +1221,8 @@ class TrendDetector:
         """Whether a fit about as good as the best (the one with the lowest level) bends over within
         the time constants tried (an allocator's or a first evaluation's rise, not a leak's line) to a
         level two noise sigmas below ``limit``, with the latest bins on the curve and rising no faster
-        than it (their Theil-Sen slope at most twice the curve's, or a rise within the noise)."""
+        than it (their Theil-Sen slope at most twice the curve's, or a rise within the noise).
+        ``line_wins``: and the best fit of all bends over (readings that a line fits best are no start)."""
         n, t0 = len(ts), ts[0]
         fits = []
         for tau in SETTLE_TAUS:
