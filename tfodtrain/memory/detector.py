@@ -442,7 +442,7 @@ def fit_trend(chunks: Sequence[_Chunk], min_chunks: int, sustain_ratio: float, s
     # SETTLE_HALF_CHUNKS floors: the band of three is their slopes' whole range, which holds the
     # true slope only two times in three.
     settle_s = math.inf
-    if fast and half >= SETTLE_HALF_CHUNKS and n - half >= SETTLE_HALF_CHUNKS and recent_slope > 0:
+    if fast and half >= SETTLE_HALF_CHUNKS and recent_slope > 0:  # the recent half has at least as many
         early_slopes = _kept_slopes(chunks[:half])
         early = _median_sorted(early_slopes)
         if 0 < recent_slope < early and _band(recent_slopes, n - half, slope_z)[1] < _band(early_slopes, half, slope_z)[0]:
