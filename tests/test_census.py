@@ -7,6 +7,7 @@ import collections
 
 import numpy as np
 
+from helpers.c_lists import partly_filled_list, unfilled_list
 from tfodtrain.memory.census import Census, describe_holder, find_paths
 
 KEPT_BY_MODULE: list = []
@@ -164,12 +165,9 @@ def test_clue_text_for_the_warning_the_report_and_the_picture():
 def test_a_list_that_c_code_left_unfilled_is_counted_not_read():
     """A list of 5 NULLs is left in the heap after test_use's TensorFlow work (export, restore, warm starts); a
     census that read its first item segfaulted. ctypes makes one here: PyList_New(40) with no item set."""
-    import ctypes
     import gc
 
-    new_list = ctypes.pythonapi.PyList_New
-    new_list.restype, new_list.argtypes = ctypes.py_object, [ctypes.c_ssize_t]
-    unfilled = new_list(40)  # never touched from Python: its items are NULL
+    unfilled = unfilled_list(40)
     assert len(unfilled) == 40 and gc.get_referents(unfilled) == []
     scan = Census(min_items=32).scan()
     assert not any(holder is unfilled for holder in scan["big"])
@@ -179,20 +177,12 @@ def test_a_list_that_c_code_left_unfilled_is_counted_not_read():
 def test_a_path_through_a_list_that_c_code_left_partly_unfilled_is_walked_without_reading_its_nulls():
     """Such a list refers to the items it holds, so it can be a referrer on a holder's path; reading its NULLs
     crashed the process. ctypes makes one here: PyList_New(3) with only its middle item set."""
-    import ctypes
-
-    api = ctypes.pythonapi
-    api.PyList_New.restype, api.PyList_New.argtypes = ctypes.py_object, [ctypes.c_ssize_t]
-    api.PyList_SetItem.restype, api.PyList_SetItem.argtypes = ctypes.c_int, [ctypes.py_object, ctypes.c_ssize_t,
-                                                                              ctypes.py_object]
     class Owner:
         pass
 
     owner = Owner()
     owner.held = [float(i) for i in range(50)]
-    partly = api.PyList_New(3)
-    api.Py_IncRef(ctypes.py_object(owner.held))  # PyList_SetItem steals a reference
-    assert api.PyList_SetItem(partly, 1, owner.held) == 0
+    partly = partly_filled_list(3, 1, owner.held)
     paths = find_paths([owner.held])
     assert paths[id(owner.held)]["path"] == "Owner.held"
     assert len(partly) == 3

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from helpers.c_lists import unfilled_list
 from tfodtrain.callbacks.clues import LeakClues, RetraceWatch
 from tfodtrain.memory.pyobjects import ObjectGrowth, census, describe, growth
 
@@ -244,10 +245,6 @@ def test_a_failing_census_is_one_line_and_the_guard_goes_on(caplog):
 def test_census_counts_a_list_that_c_code_left_unfilled_by_its_kind():
     """A list of NULLs (left in the heap after test_use's TensorFlow work) segfaulted this census in the suite;
     ctypes makes one here: PyList_New(40) with no item set."""
-    import ctypes
-
-    new_list = ctypes.pythonapi.PyList_New
-    new_list.restype, new_list.argtypes = ctypes.py_object, [ctypes.c_ssize_t]
-    unfilled = new_list(40)  # never touched from Python: its items are NULL
+    unfilled = unfilled_list(40)
     counts = census()
     assert counts["list"] >= 1 and len(unfilled) == 40
