@@ -5,7 +5,8 @@
 Every trace of every family (``tfodtrain.memory.tracegen.FAMILIES``: fast leaks that fill memory in
 3-60 minutes, slow ones of 6-48 hours, stairs, accelerating leaks, and healthy runs of 6-30 hours) is
 replayed through ``MemoryGuard`` as ``python -m tfodtrain.memory.replay`` does. A leak is caught when
-the abort leaves at least ``--lead`` seconds (60) before the reading that died. Prints one row per
+the abort leaves at least ``--lead`` seconds (60) before the reading that died; an abort before the leak
+began stopped a healthy run, and counts as a false abort (and a miss). Prints one row per
 family: caught, false aborts, warnings per run, the median delay from the leak's start to the abort and
 the median lead; then the misses and false aborts. Several seeds make one set. ``--json OUT`` writes
 one line per trace (family, kind, leak start, death, abort time, warnings, reason) for comparing two
@@ -95,29 +96,33 @@ def main(argv=None) -> int:
     print("|---|---|---|---|---|---|")
     problems, total_missed, total_false = [], 0, 0
     for family in families:
-        rows = [r for r in results if r["family"] == family
-                and (args.until is None or not r["leak"] or r["death_s"] <= args.until)]
+        every = [r for r in results if r["family"] == family]
+        # an abort before the leak began stopped a healthy run, even where the leak dies after --until
+        early = [r for r in every if r["leak"] and r["abort_time_s"] is not None and r["abort_time_s"] < r["leak_start_s"]]
+        rows = [r for r in every if args.until is None or not r["leak"] or r["death_s"] <= args.until or r in early]
         if not rows:
             continue
         leaks = [r for r in rows if r["leak"]]
-        caught = [r for r in leaks if r["abort_time_s"] is not None and r["death_s"] - r["abort_time_s"] >= args.lead]
-        false = [r for r in rows if not r["leak"] and r["abort_step"] is not None]
+        caught = [r for r in leaks if r["abort_time_s"] is not None and r not in early
+                  and r["death_s"] - r["abort_time_s"] >= args.lead]
+        false = [r for r in rows if not r["leak"] and r["abort_step"] is not None] + early
         warnings = [r["warnings"] for r in rows if not r["leak"]] or [r["warnings"] for r in rows]
         delays = [r["abort_time_s"] - r["leak_start_s"] for r in caught]
         leads = [r["death_s"] - r["abort_time_s"] for r in caught]
         total_missed += len(leaks) - len(caught)
         total_false += len(false)
         caught_text = f"{len(caught)}/{len(leaks)}" if leaks else "-"
-        false_text = f"{len(false)}/{len(rows)}" if not leaks else "-"
+        false_text = f"{len(false)}/{len(rows)}" if false or not leaks else "-"
         print(f"| {family} | {caught_text} | {false_text} | {_median(warnings, '{:.1f}')} (max {max(warnings)}) | "
               f"{_median(delays)} | {_median(leads)} |")
         for r in leaks:
-            if r not in caught:
+            if r not in caught and r not in early:
                 lead = None if r["abort_time_s"] is None else round(r["death_s"] - r["abort_time_s"])
                 problems.append(f"MISSED {r['name']} [{r['kind']}] start {r['leak_start_s']} death {r['death_s']:.0f} "
                                 f"lead {lead}")
         for r in false:
-            problems.append(f"FALSE  {r['name']} [{r['kind']}] at {r['abort_time_s']:.0f} s: {r['reason']}")
+            before = f", before its leak began at {r['leak_start_s']:.0f} s" if r["leak"] else ""
+            problems.append(f"FALSE  {r['name']} [{r['kind']}] at {r['abort_time_s']:.0f} s{before}: {r['reason']}")
     for line in problems:
         print(line)
     print(f"missed={total_missed} false_aborts={total_false}")

@@ -35,3 +35,21 @@ def test_a_bad_until_is_one_line_and_exit_2():
     done = run_families("--until", "0")
     assert done.returncode == 2 and done.stdout == ""
     assert done.stderr.strip() == "guard_families: --until takes a number of seconds above 0, not 0"
+
+
+def test_a_leak_aborted_before_it_began_is_a_false_abort_not_a_catch(tmp_path):
+    """A guard that aborts on any growth (a horizon of months) stops a run whose leak begins hours later: the run
+    was healthy when it stopped, a false abort, never a catch."""
+    out = tmp_path / "early.json"
+    done = run_families("--seed", "37575", "--families", "leak_3min", "--until", "1500", "--set", "horizon_s=1e7",
+                        "--set", "warn_horizon_s=1e7", "--json", str(out))
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    early = [r for r in lines if r["abort_time_s"] is not None and r["abort_time_s"] < r["leak_start_s"]]
+    scored = [r for r in lines if r["death_s"] <= 1500 or r in early]
+    caught = [r for r in scored if r not in early and r["abort_time_s"] is not None
+              and r["death_s"] - r["abort_time_s"] >= 60]
+    assert early and all(r["death_s"] > 1500 for r in early)  # left out of the table but for that abort
+    row = next(line for line in done.stdout.splitlines() if line.startswith("| leak_3min |")).split("|")
+    assert row[2].strip() == f"{len(caught)}/{len(scored)}" and row[3].strip() == f"{len(early)}/{len(scored)}"
+    assert f"FALSE  {early[0]['name']} " in done.stdout and "before its leak began" in done.stdout
+    assert done.returncode == 1

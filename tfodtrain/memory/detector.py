@@ -86,6 +86,9 @@ FAST_REACH_S = 10800.0  # a fast window fits only growth that would reach the li
 FAST_CONFIRMATIONS = 3  # fits in a row (on successive chunks) in which a fast window must see growth,
 FAST_CONFIRM_S = 10.0  # or 2 fits this many seconds apart (sparse readings)
 FAST_CONFIRM_OF = 4  # or, after the run's first SETTLING_S, FAST_CONFIRMATIONS of this many latest fits (the latest one too)
+FAST_DECISIVE = 2.0  # or, after it and with readings FAST_CONFIRM_S apart, one fit rising this many times the rise required
+CHANGE_FLAT_CHUNKS = 3  # a fast window's change point leaves at least this many chunks of the old level before it
+CHANGE_MARGIN_SIGMAS = 1.0  # growth since a change point counts where its floor tops all before it by this many sigmas
 SPIKE_BIN_S = 60.0  # a spike (an evaluation's 20-60 s) never fills two whole bins of this length
 SPIKE_MEMORY_S = 7200.0  # the spikes of the last two hours count as headroom of every growing window
 SPIKE_QUIET_SHARE = 0.5  # after a spike, the next is not expected before this share of the shortest gap between them
@@ -192,6 +195,7 @@ class _Trend:
     peak_level: float = math.inf  # long: the highest readings, carried to last_time (see fit_trend)
     peak_level_fast: float = math.inf  # long: the same, carried at the faster of the two paces
     mean_p: float = 1.0  # long: Mann-Kendall p of the chunks' mean readings
+    change_point: bool = False  # fast: the span begins at the window's change point (and is none of the fixed spans)
     lagging: bool = False  # long: the latest chunks' mean readings fell below the line, or stalled (_lags, _stalled)
 
     def floor_at(self, time_s: float) -> float:
@@ -280,8 +284,11 @@ class _Window:
 
     def _fit_spans(self, chunks: List[_Chunk]) -> List[_Trend]:
         """A new regime may have begun a few chunks ago or many: fit the latest ``min_chunks``, twice
-        and four times as many (up to the whole window), and the chunks since the start-up ended
-        (spans reaching into it only show settling), each on its own.
+        and four times as many (up to the whole window), the chunks since the start-up ended (spans
+        reaching into it only show settling), and the chunks since the window's change point
+        (``_change_point``), each on its own. A fixed span holds part of the old level when the regime
+        began between two of them: its quarters do not all rise and its Mann-Kendall test weakens, and
+        a 3-minute leak read every 18 s was seen only 40-60 s before it died.
 
         Cheap gates first (most readings of most runs): a span that does not rise by the noise at a
         pace that could matter, or stays below ground already covered, is not fitted. Of the rest,
@@ -290,6 +297,9 @@ class _Window:
         start-up (the shortest, while none starts after it).
         """
         spans = {min(len(chunks), self.min_chunks * k) for k in (1, 2, 4)}
+        fixed, changed = set(spans), _change_point(chunks, self.min_chunks)
+        if changed is not None and chunks[-1].last_time - chunks[-changed].first_time >= SPIKE_BIN_S:
+            spans.add(changed)  # a shorter rise since the change may be an evaluation spike's edge
         since = len(chunks) if chunks[0].first_time >= self.judged_from else \
             sum(1 for c in chunks if c.first_time >= self.judged_from)
         spans = sorted(span for span in spans | ({since} if since < len(chunks) else set())
@@ -303,7 +313,9 @@ class _Window:
             slopes = _kept_slopes(part)
             if span != settles and mann_kendall_p([c.min_used for c in part], slopes) > FAST_ALPHA:
                 continue
-            trends.append(fit_trend(part, self.min_chunks, self.sustain_ratio, self.slope_z, slopes, fast=True))
+            trend = fit_trend(part, self.min_chunks, self.sustain_ratio, self.slope_z, slopes, fast=True)
+            trend.change_point = span == changed and span not in fixed
+            trends.append(trend)
         return trends
 
     def _keep(self, chunk: _Chunk) -> None:
@@ -348,6 +360,37 @@ def _rises(chunks: Sequence[_Chunk], noise: float, limit: int = 0) -> bool:
     elapsed = _median_sorted([c.min_time for c in chunks[-third:]]) - _median_sorted([c.min_time for c in chunks[:third]])
     left = limit - chunks[-1].min_used
     return elapsed <= 0 or left <= 0 or left / (rise / elapsed) <= FAST_REACH_S
+
+
+def _change_point(chunks: Sequence[_Chunk], min_span: int) -> Optional[int]:
+    """The span (chunks from the end) since a fast window's most likely change point: the split that
+    fits the floors best (least squares) as a level, then a line of its own. The level keeps at least
+    ``CHANGE_FLAT_CHUNKS`` chunks, the line ``min_span``; ``None`` when the window is too short for both.
+    Running sums make it linear in the window's chunks."""
+    n = len(chunks)
+    if n < min_span + CHANGE_FLAT_CHUNKS:
+        return None
+    origin, level = chunks[0].min_time, float(chunks[0].min_used)  # small sums: squares of bytes lose digits
+    xs = [c.min_time - origin for c in chunks]
+    ys = [c.min_used - level for c in chunks]
+    after = [(0, 0.0, 0.0, 0.0, 0.0, 0.0)] * (n + 1)  # count and sums of x, y, xx, xy, yy from index i on
+    for i in range(n - 1, -1, -1):
+        m, sx, sy, sxx, sxy, syy = after[i + 1]
+        x, y = xs[i], ys[i]
+        after[i] = (m + 1, sx + x, sy + y, sxx + x * x, sxy + x * y, syy + y * y)
+    best, split = math.inf, None
+    sy_before = syy_before = 0.0
+    for k in range(n - min_span + 1):
+        if k >= CHANGE_FLAT_CHUNKS:
+            m, sx, sy, sxx, sxy, syy = after[k]
+            vxx, vxy = sxx - sx * sx / m, sxy - sx * sy / m
+            if vxx > 0:
+                sse = (syy - sy * sy / m) - vxy * vxy / vxx + (syy_before - sy_before * sy_before / k)
+                if sse < best:
+                    best, split = sse, k
+        sy_before += ys[k]
+        syy_before += ys[k] * ys[k]
+    return None if split is None else n - split
 
 
 def _slope(earlier: _Chunk, later: _Chunk) -> float:
@@ -1134,7 +1177,8 @@ class TrendDetector:
                     # too. Not at the start, whose tail near a plateau's level flickers the same way.
                     confirmed = window.streak >= FAST_CONFIRMATIONS or (
                         window.streak >= 2 and base.time_s - window.streak_since >= FAST_CONFIRM_S) or (
-                        window.streak >= 1 and self._settled and bin(window.seen).count("1") >= FAST_CONFIRMATIONS)
+                        window.streak >= 1 and self._settled and (
+                            bin(window.seen).count("1") >= FAST_CONFIRMATIONS or self._decisive(trend, noise)))
                     growing = confirmed and not settling \
                         and self._fast_regime(trend, base, noise)
                     if growing:
@@ -1296,6 +1340,16 @@ class TrendDetector:
             return False
         return self._new_territory(trend, base.time_s, noise) and self._still_on_track(trend, base, noise)
 
+    @staticmethod
+    def _decisive(trend: _Trend, noise: float) -> bool:
+        """One fit confirms growth when readings are sparse (``FAST_CONFIRM_S`` apart on average: the
+        next fit is that far off) and its rise is ``FAST_DECISIVE`` times the rise required: a 3-minute
+        leak read every 18 s was aborted 57 s before it died, a fit after it was first seen."""
+        summary = trend.summary
+        sparse = summary["span_s"] >= FAST_CONFIRM_S * max(1, summary["n_readings"] - 1)
+        return sparse and trend.slope_per_s * summary["span_s"] >= \
+            FAST_DECISIVE * FAST_RISE_SIGMAS * math.sqrt(6.0 / summary["n_chunks"]) * noise
+
     def _spike_like(self, base: Assessment, noise: float) -> bool:
         """The latest readings may be an evaluation spike like those remembered, which a fast window
         cannot tell from a fast leak's first minute under noisy readings. They stand above the readings
@@ -1321,9 +1375,12 @@ class TrendDetector:
 
     def _new_territory(self, trend: _Trend, time_s: float, noise: float) -> bool:
         """A fast window's growth counts only where memory goes higher than it went before the
-        window began (by more than twice the noise): a sawtooth's ramp, or a climb back after a
-        dip, stays within ground already covered."""
-        return trend.floor_at(time_s) > self._prior_max(trend.first_time) - 2.0 * noise
+        window began (but for twice the noise): a sawtooth's ramp, or a climb back after a dip, stays
+        within ground already covered. The span since a change point must top it by
+        ``CHANGE_MARGIN_SIGMAS``: it begins where a sawtooth's ramp begins, and fits the ramp as well
+        as a leak (a plateau at 94% was aborted at the top of a ramp, just below the last tooth's)."""
+        margin = CHANGE_MARGIN_SIGMAS if trend.change_point else -2.0
+        return trend.floor_at(time_s) > self._prior_max(trend.first_time) + margin * noise
 
     def _prior_max(self, before: float) -> float:
         """The highest reading in the windows' chunks that ended before ``before`` (-inf: none)."""
