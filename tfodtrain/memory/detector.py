@@ -1344,7 +1344,8 @@ class TrendDetector:
     def _decisive(trend: _Trend, noise: float) -> bool:
         """One fit confirms growth when readings are sparse (``FAST_CONFIRM_S`` apart on average: the
         next fit is that far off) and its rise is ``FAST_DECISIVE`` times the rise required: a 3-minute
-        leak read every 18 s was aborted 57 s before it died, a fit after it was first seen."""
+        leak read every 18 s, first seen rising 27 noise sigmas where 6 are required, was aborted at the
+        next reading, 57 s before it died."""
         summary = trend.summary
         sparse = summary["span_s"] >= FAST_CONFIRM_S * max(1, summary["n_readings"] - 1)
         return sparse and trend.slope_per_s * summary["span_s"] >= \
