@@ -393,6 +393,17 @@ def _change_point(chunks: Sequence[_Chunk], min_span: int) -> Optional[int]:
     return None if split is None else n - split
 
 
+def _rise(trend: _Trend) -> float:
+    """A fit's rise over its span, in bytes."""
+    return trend.slope_per_s * trend.summary["span_s"]
+
+
+def _rise_required(trend: _Trend, noise: float) -> float:
+    """The rise a fast window's fit must show to count as a regime: ``FAST_RISE_SIGMAS`` reading-noise
+    sigmas over 6 chunks, fewer over more (a few readings climb a couple of sigmas by chance)."""
+    return FAST_RISE_SIGMAS * math.sqrt(6.0 / trend.summary["n_chunks"]) * noise
+
+
 def _slope(earlier: _Chunk, later: _Chunk) -> float:
     return (float(later.min_used) - float(earlier.min_used)) / (later.min_time - earlier.min_time)
 
@@ -1334,9 +1345,7 @@ class TrendDetector:
             return False
         if self._startup_end is not None and trend.first_time < self._startup_end:
             return False  # the start-up is context (for settling), never the growth itself
-        # A short window needs a larger rise: a few readings climb a couple of sigmas by chance.
-        n = trend.summary["n_chunks"]
-        if trend.slope_per_s * trend.summary["span_s"] < FAST_RISE_SIGMAS * math.sqrt(6.0 / n) * noise:
+        if _rise(trend) < _rise_required(trend, noise):
             return False
         return self._new_territory(trend, base.time_s, noise) and self._still_on_track(trend, base, noise)
 
@@ -1346,10 +1355,8 @@ class TrendDetector:
         next fit is that far off) and its rise is ``FAST_DECISIVE`` times the rise required: a 3-minute
         leak read every 18 s, first seen rising 27 noise sigmas where 6 are required, was aborted at the
         next reading, 57 s before it died."""
-        summary = trend.summary
-        sparse = summary["span_s"] >= FAST_CONFIRM_S * max(1, summary["n_readings"] - 1)
-        return sparse and trend.slope_per_s * summary["span_s"] >= \
-            FAST_DECISIVE * FAST_RISE_SIGMAS * math.sqrt(6.0 / summary["n_chunks"]) * noise
+        sparse = trend.summary["span_s"] >= FAST_CONFIRM_S * max(1, trend.summary["n_readings"] - 1)
+        return sparse and _rise(trend) >= FAST_DECISIVE * _rise_required(trend, noise)
 
     def _spike_like(self, base: Assessment, noise: float) -> bool:
         """The latest readings may be an evaluation spike like those remembered, which a fast window
