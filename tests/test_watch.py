@@ -172,11 +172,18 @@ def test_sigint_and_sigterm_are_forwarded_and_the_tree_is_taken_down(tmp_path, s
 @pytest.mark.slow
 def test_a_second_signal_kills_the_tree(tmp_path):
     """Real signals: a child that ignores SIGTERM is SIGKILLed by the second one."""
+    pidfile = tmp_path / "grandchild.pid"
     proc = subprocess.Popen([sys.executable, "-m", "tfodtrain.watch", "--run-dir", str(tmp_path / "run"), "--",
-                             *CHILD, "--on-term", "ignore"], cwd=REPO, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+                             *CHILD, "--on-term", "ignore", "--grandchild", str(pidfile)], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        time.sleep(3)
+        # The child writes the pid file after it ignores SIGTERM, and the watch forwards signals before it
+        # starts the child: a fixed sleep here was too short on a loaded CI machine (the watch died of it).
+        deadline = time.monotonic() + 60
+        while not pidfile.exists() or not pidfile.read_text():
+            assert time.monotonic() < deadline and proc.poll() is None
+            time.sleep(0.1)
+        grandchild = psutil.Process(int(pidfile.read_text()))
         proc.send_signal(signal.SIGTERM)
         time.sleep(1)
         assert proc.poll() is None  # ignored by the child: the watch waits
@@ -186,6 +193,8 @@ def test_a_second_signal_kills_the_tree(tmp_path):
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 128 + signal.SIGKILL, out
+    time.sleep(0.2)
+    assert not grandchild.is_running() or grandchild.status() == psutil.STATUS_ZOMBIE
 
 
 # ------------------------------------------------------------------------------------------
