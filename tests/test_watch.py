@@ -46,6 +46,21 @@ def saves(directory: Path) -> list[str]:
     return sorted(p.name for p in directory.glob("ckpt_*.bin"))
 
 
+def started_grandchild(proc: subprocess.Popen, pidfile: Path, timeout: float) -> psutil.Process:
+    """Wait for tests/watch_child.py's grandchild pid file. The child writes it after it has set its SIGTERM
+    handling, and the watch forwards signals before it starts the child: signals sent now reach both."""
+    deadline = time.monotonic() + timeout
+    while not pidfile.exists() or not pidfile.read_text():
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.1)
+    return psutil.Process(int(pidfile.read_text()))
+
+
+def assert_gone(process: psutil.Process) -> None:
+    time.sleep(0.2)
+    assert not process.is_running() or process.status() == psutil.STATUS_ZOMBIE
+
+
 # ------------------------------------------------------------------------------------------
 # Fast: options, import, exit codes, signals, the process tree
 # ------------------------------------------------------------------------------------------
@@ -148,11 +163,7 @@ def test_sigint_and_sigterm_are_forwarded_and_the_tree_is_taken_down(tmp_path, s
                              *CHILD, "--ckpt-dir", str(ckpt), "--on-term", "save", "--grandchild", str(pidfile)],
                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        deadline = time.monotonic() + 30
-        while not pidfile.exists() or not pidfile.read_text():
-            assert time.monotonic() < deadline and proc.poll() is None
-            time.sleep(0.1)
-        grandchild = psutil.Process(int(pidfile.read_text()))
+        grandchild = started_grandchild(proc, pidfile, timeout=30)
         time.sleep(0.5)
         proc.send_signal(signum)
         out, _ = proc.communicate(timeout=60)
@@ -165,8 +176,7 @@ def test_sigint_and_sigterm_are_forwarded_and_the_tree_is_taken_down(tmp_path, s
     else:  # Python ends an uncaught KeyboardInterrupt by dying of SIGINT: 130, the child's own code
         assert proc.returncode == code, out
     assert "stopped by" in out or "forwarding" in out
-    time.sleep(0.2)
-    assert not grandchild.is_running() or grandchild.status() == psutil.STATUS_ZOMBIE
+    assert_gone(grandchild)
 
 
 @pytest.mark.slow
@@ -177,13 +187,8 @@ def test_a_second_signal_kills_the_tree(tmp_path):
                              *CHILD, "--on-term", "ignore", "--grandchild", str(pidfile)], cwd=REPO,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        # The child writes the pid file after it ignores SIGTERM, and the watch forwards signals before it
-        # starts the child: a fixed sleep here was too short on a loaded CI machine (the watch died of it).
-        deadline = time.monotonic() + 60
-        while not pidfile.exists() or not pidfile.read_text():
-            assert time.monotonic() < deadline and proc.poll() is None
-            time.sleep(0.1)
-        grandchild = psutil.Process(int(pidfile.read_text()))
+        # Not a fixed sleep: on a loaded CI machine the watch died of a SIGTERM sent before it forwarded signals.
+        grandchild = started_grandchild(proc, pidfile, timeout=60)
         proc.send_signal(signal.SIGTERM)
         time.sleep(1)
         assert proc.poll() is None  # ignored by the child: the watch waits
@@ -193,8 +198,7 @@ def test_a_second_signal_kills_the_tree(tmp_path):
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 128 + signal.SIGKILL, out
-    time.sleep(0.2)
-    assert not grandchild.is_running() or grandchild.status() == psutil.STATUS_ZOMBIE
+    assert_gone(grandchild)
 
 
 # ------------------------------------------------------------------------------------------

@@ -1353,8 +1353,8 @@ class TrendDetector:
     def _decisive(trend: _Trend, noise: float) -> bool:
         """One fit confirms growth when readings are sparse (``FAST_CONFIRM_S`` apart on average: the
         next fit is that far off) and its rise is ``FAST_DECISIVE`` times the rise required: a 3-minute
-        leak read every 18 s, first seen rising 27 noise sigmas where 6 are required, was aborted at the
-        next reading, 57 s before it died."""
+        leak read every 18 s, first seen rising 27 noise sigmas where 6 are required, waited for the next
+        fit and was aborted 57 s before it died (75 s with this)."""
         sparse = trend.summary["span_s"] >= FAST_CONFIRM_S * max(1, trend.summary["n_readings"] - 1)
         return sparse and _rise(trend) >= FAST_DECISIVE * _rise_required(trend, noise)
 
