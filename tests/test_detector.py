@@ -13,7 +13,7 @@ from tfodtrain.memory.detector import (LONG_WINDOW_S, NOISE_PEAK_Z, TrendDetecto
                                        _noise_reach, _Spikes, _stalled, _steps_up_past_a_spike, fit_trend,
                                        mann_kendall_p, theil_sen_slope)
 from tfodtrain.memory.guard import MemoryGuard, run_abort_command
-from tfodtrain.memory.policy import Decision, GuardPolicy, GuardSettings
+from tfodtrain.memory.policy import Decision, GuardPolicy, GuardSettings, sparse_readings_warning
 from tfodtrain.memory.tracegen import generate_family_trace
 
 GIB = 1 << 30
@@ -913,3 +913,12 @@ def test_guard_off_watches_nothing():
     guard = MemoryGuard(GuardSettings(mode="off"))
     assert guard.observe("gpu0", 1, 1.0, 39 * GIB, 40 * GIB).action == "ok"
     assert guard.detectors == {}
+
+
+def test_sparse_readings_are_named_with_the_setting_that_makes_them():
+    # The defaults (5 s in training, 2 s in the watch) and denser readings say nothing.
+    assert sparse_readings_warning(5.0, "memory.interval_s") is None
+    assert sparse_readings_warning(2.0, "--interval-s") is None
+    assert sparse_readings_warning(None, "memory.interval_s") is None
+    line = sparse_readings_warning(20.0, "memory.interval_s")
+    assert line.startswith("memory.interval_s=20: ") and "every 20 s" in line and "\n" not in line

@@ -117,6 +117,15 @@ def test_healthy_child_ends_with_its_own_exit_code(tmp_path):
     assert record["exit_code"] == 3 and record["restart"] is False
 
 
+def test_sparse_readings_are_warned_once_and_the_default_is_not(tmp_path):
+    sparse = run_watch(["--run-dir", str(tmp_path / "sparse"), "--interval-s", "12", "--", *CHILD, "--run-s", "1"])
+    assert sparse.returncode == 0, sparse.stderr[-2000:]
+    assert sparse.stderr.count("--interval-s=12: memory may be read only every 12 s") == 1
+    dense = run_watch(["--run-dir", str(tmp_path / "dense"), "--", *CHILD, "--run-s", "1"])
+    assert dense.returncode == 0, dense.stderr[-2000:]
+    assert "memory may be read only every" not in dense.stderr
+
+
 def test_tensorboard_scalars_carry_the_callbacks_tags(tmp_path):
     pytest.importorskip("tensorboard")
     run = tmp_path / "run"

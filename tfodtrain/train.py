@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from tfodtrain import distribute, exit_codes, experiment, rundir
 from tfodtrain.exit_codes import TrainingStopped, UserError, first_line
 from tfodtrain.memory.limits import MemorySettings
+from tfodtrain.memory.policy import sparse_readings_warning
 
 log = logging.getLogger("tfodtrain")
 
@@ -115,6 +116,9 @@ def train(cfg: DictConfig) -> dict:
     strategy, detector, optimizer, trainer_model = exp.strategy, exp.detector, exp.optimizer, exp.trainer_model
     for line in startup_lines(cfg, exp, run_dir, distribute.describe(strategy)):
         log.info("%s", line)
+    sparse = sparse_readings_warning(memory.interval_s, "memory.interval_s") if cfg.guard.mode != "off" else None
+    if sparse:
+        log.warning("%s", sparse)
     with strategy.scope():
         warm_start(exp.task, detector)  # the task's initialize (model.init_checkpoint), one line if it does not fit
     raise_if_received()  # a signal during the build whose exception a library swallowed

@@ -59,7 +59,7 @@ from tfodtrain import exit_codes, rundir
 from tfodtrain.checkpoint_files import PREFIX, STATE_FILE, candidates
 from tfodtrain.memory import probes
 from tfodtrain.memory.guard import MemoryGuard, abort_fields, run_abort_command
-from tfodtrain.memory.policy import GuardSettings
+from tfodtrain.memory.policy import GuardSettings, sparse_readings_warning
 from tfodtrain.memory.traces import TraceWriter
 from tfodtrain.supervise import Supervisor, _die_with_parent, describe_end, exit_code_of
 from tfodtrain.units import MIB
@@ -935,6 +935,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"tfodtrain.watch: error: cannot make the run dir: {error}", file=sys.stderr)
         return exit_codes.BAD_INPUT
     _setup_logging(options.run_dir)
+    sparse = sparse_readings_warning(options.interval_s, "--interval-s")
+    if sparse:
+        log.warning("watch: %s", sparse)
     watch = Watch(options)
     supervisor = WatchSupervisor(watch)
     try:
