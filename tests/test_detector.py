@@ -508,6 +508,31 @@ def test_an_allocator_staircase_over_for_half_an_hour_is_not_projected_on():
     assert family_abort("allocator_staircase", 8383 * 1009, math.inf) is None
 
 
+def test_an_allocator_staircase_over_for_a_quarter_hour_is_not_projected_on():
+    """Six stairs of 3.5% of 16 GiB every 2-12 minutes, the last 50 minutes in, under noise of 2% of the limit:
+    17 minutes after the last stair, the 96-minute window's line still rose 26% of the limit an hour, its own
+    latest half hour still held three stairs, and the run was aborted, "in 5.0 min". The 24-minute window's last
+    15 one-minute chunks had stayed flat."""
+    assert family_abort("allocator_staircase", 900341 * 1009 + 4, math.inf) is None
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_stairs_at_random_gaps_that_go_on_are_aborted_by_the_windows(seed):
+    """Stairs of 2-3% of 32 GiB 1-8 minutes apart, on and on, read every 5 s under noise of 1% of the limit: too
+    irregular for a staircase, so the windows must see them; a finer window's flat last minutes between two
+    stairs (the check above) must not blind them. Aborted at least a minute before they die."""
+    rng = random.Random(seed)
+    times = [600.0]
+    while times[-1] < 4 * 3600:
+        times.append(times[-1] + rng.uniform(60.0, 480.0))
+    heights = [rng.uniform(0.02, 0.03) * 32 * GIB for _ in times]
+    level = lambda t: warm(sum(h for at, h in zip(times, heights) if t >= at), t, base=16 * GIB)  # noqa: E731
+    readings = dict(every_s=5.0, noise=0.32 * GIB, seconds=4 * 3600, seed=seed)
+    death = next(t for _, t, used in stream(level, **readings) if used >= 32 * GIB)
+    aborted = first_abort(level, limit=32 * GIB, **readings)
+    assert aborted is not None and death - aborted[1] >= 60.0, (aborted and aborted[1], death)
+
+
 def test_a_cache_that_stops_is_not_projected_on_by_the_long_windows_line():
     """A cache under noise of 2.4% of the limit, a GC sawtooth and evaluation spikes, filling 29% of 40 GiB
     in 18 minutes to 82%: one minute after its fill ended, the 24-minute window still projected the fill's pace

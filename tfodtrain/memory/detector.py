@@ -79,6 +79,7 @@ LAG_CHUNKS = 3  # a long window's last chunks whose mean readings tell that its 
 LAG_SIGMAS = 3.0  # when they lie this many sigmas of the means' scatter below the pace of the chunks before
 STALL_S = 1800.0  # a long window's growth has stalled when the mean readings of its latest half hour
 STALL_MIN_CHUNKS = 6  # (at least this many chunks, at most half the window)
+STALL_TAIL_CHUNKS = 15  # or when the mean readings of a finer long window's last this many chunks do
 STALL_SHARE = 0.5  # rise at less than this share of its pace, at the top of their 99% band
 SLOPE_Z = 2.326  # a Theil-Sen slope's confidence band: 99%, one-sided
 LONG_RISE_SIGMAS = 3.0  # a long window's rise, in sigmas of its floors' scatter around the line, to count as growth
@@ -238,6 +239,8 @@ class _Window:
         self.streak_since = 0.0  # fast: when the streak began
         self.seen = 0  # fast: bits of the last FAST_CONFIRM_OF fits, 1 where it saw a new regime (latest lowest)
         self.twin: Optional["_Window"] = None  # fast: a window whose fits ours equal when it holds the same readings
+        self.stalled_key: tuple = ()  # long: the fit and finer chunks that ``stalled`` was judged for
+        self.stalled = False  # long: its growth stalled in a finer long window (TrendDetector._stalled_in_finer)
 
     @property
     def seconds(self) -> float:
@@ -563,10 +566,13 @@ def _stalled(chunks: Sequence[_Chunk], slope: float) -> bool:
             return False
     if len(tail) > len(chunks) // 2:
         return False
-    xs = [(c.first_time + c.last_time) / 2.0 for c in tail]
-    ys = [c.mean for c in tail]
-    slopes = pairwise_slopes(xs, ys)
-    high = _band(slopes, len(xs), SLOPE_Z)[1]
+    return _rises_slower(tail, slope)
+
+
+def _rises_slower(chunks: Sequence[_Chunk], slope: float) -> bool:
+    """The chunks' mean readings rise, at the top of their 99% band, at less than ``STALL_SHARE`` of ``slope``."""
+    xs = [(c.first_time + c.last_time) / 2.0 for c in chunks]
+    high = _band(pairwise_slopes(xs, [c.mean for c in chunks]), len(xs), SLOPE_Z)[1]
     return high < STALL_SHARE * slope
 
 
@@ -1203,7 +1209,8 @@ class TrendDetector:
                     # readings drift by chance apart from their mean; a leak lifts both).
                     growing = trend.p_value <= self.alpha and trend.sustained and trend.slope_low_per_s > 0 \
                         and trend.slope_per_s * trend.summary["span_s"] >= LONG_RISE_SIGMAS * trend.sigma \
-                        and trend.mean_p <= LONG_MEAN_ALPHA and not trend.lagging
+                        and trend.mean_p <= LONG_MEAN_ALPHA and not trend.lagging \
+                        and not self._stalled_in_finer(window, trend)
                 if growing:
                     noise = noise if noise is not None else self._reading_noise(base.limit_bytes)
                 seconds = self._seconds_left(window, trend, base, noise) if growing else math.inf
@@ -1230,6 +1237,22 @@ class TrendDetector:
         if quiet is not None and quiet > base.time_s:
             assessment.note = f"the next spike is not due for {quiet - base.time_s:.0f} s"
         return assessment
+
+    def _stalled_in_finer(self, window: _Window, trend: _Trend) -> bool:
+        """A long window's growth stalled where a long window of shorter chunks sees it: the mean readings of
+        that window's last ``STALL_TAIL_CHUNKS`` chunks (15 minutes of 1-minute chunks, an hour of 4-minute ones)
+        rise slower than half the longer window's pace (``_rises_slower``). An allocator's stairs that came
+        every few minutes and then stopped still lift the 96-minute and 6.4-hour windows' lines, and their own
+        latest half hour (``_stalled``) still holds stairs; near the limit their peaks were projected past it
+        15-70 minutes after the last stair. Judged again only when ``trend`` or a finer chunk is new."""
+        finer = [other for other in self.windows if not other.fast and other.chunk_seconds < window.chunk_seconds
+                 and len(other.chunks) >= STALL_TAIL_CHUNKS]
+        key = (trend,) + tuple(other.chunks[-1].key for other in finer)
+        if window.stalled_key != key:
+            window.stalled_key = key
+            window.stalled = any(_rises_slower(list(other.chunks)[-STALL_TAIL_CHUNKS:], trend.slope_per_s)
+                                 for other in finer)
+        return window.stalled
 
     def _lead(self, window_seconds: float) -> float:
         return self.long_lead_s if window_seconds >= LONG_WINDOW_S else 0.0
