@@ -239,8 +239,7 @@ class _Window:
         self.streak_since = 0.0  # fast: when the streak began
         self.seen = 0  # fast: bits of the last FAST_CONFIRM_OF fits, 1 where it saw a new regime (latest lowest)
         self.twin: Optional["_Window"] = None  # fast: a window whose fits ours equal when it holds the same readings
-        self.stalled_key: tuple = ()  # long: the fit and finer chunks that ``stalled`` was judged for
-        self.stalled = False  # long: its growth stalled in a finer long window (TrendDetector._stalled_in_finer)
+        self.stalled: Optional[tuple] = None  # long: (fit, finer chunk keys, verdict) of _stalled_in_finer
 
     @property
     def seconds(self) -> float:
@@ -1247,12 +1246,11 @@ class TrendDetector:
         15-70 minutes after the last stair. Judged again only when ``trend`` or a finer chunk is new."""
         finer = [other for other in self.windows if not other.fast and other.chunk_seconds < window.chunk_seconds
                  and len(other.chunks) >= STALL_TAIL_CHUNKS]
-        key = (trend,) + tuple(other.chunks[-1].key for other in finer)
-        if window.stalled_key != key:
-            window.stalled_key = key
-            window.stalled = any(_rises_slower(list(other.chunks)[-STALL_TAIL_CHUNKS:], trend.slope_per_s)
-                                 for other in finer)
-        return window.stalled
+        keys = tuple(other.chunks[-1].key for other in finer)
+        if window.stalled is None or window.stalled[0] is not trend or window.stalled[1] != keys:
+            window.stalled = (trend, keys, any(
+                _rises_slower(list(other.chunks)[-STALL_TAIL_CHUNKS:], trend.slope_per_s) for other in finer))
+        return window.stalled[2]
 
     def _lead(self, window_seconds: float) -> float:
         return self.long_lead_s if window_seconds >= LONG_WINDOW_S else 0.0
