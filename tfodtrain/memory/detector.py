@@ -53,7 +53,7 @@ import math
 import statistics
 from collections import deque
 from dataclasses import asdict, dataclass, field, replace
-from typing import Callable, Deque, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Deque, List, Optional, Sequence, Tuple
 
 DEFAULT_CHUNK_SECONDS = (60.0, 240.0, 960.0)  # long windows: 24 min, 1.6 h, 6.4 h
 DEFAULT_FAST_CHUNK_SECONDS = (5.0, 20.0)  # fast windows: the last 6, 12 and 24 chunks of 5 s and of 20 s
@@ -718,14 +718,12 @@ class _Spikes:
         self.told: Deque[Tuple[float, float]] = deque(maxlen=64)  # (time, height) of spikes the run reported
         self._height: Optional[float] = None
         self._quiet: Tuple[float, Optional[float], List[float]] = (math.nan, None, [])  # (time asked, quiet())
-        self._events: Dict[float, Optional[List[float]]] = {}  # time asked -> events() (a growing window's, each reading)
 
     def _forget(self, height: bool = True) -> None:
         """Drop the memos: the highest spike (when a bin's height comes or goes) and ``quiet``'s answer."""
         if height:
             self._height = None
         self._quiet = (math.nan, None, [])
-        self._events = {}
 
     def add(self, step: int, time_s: float, used: int) -> None:
         key = int(time_s // SPIKE_BIN_S)
@@ -763,13 +761,6 @@ class _Spikes:
         """When the spikes of the highest's kind came (within half its height), in order; one spike
         read in two neighbouring bins, or read and told, is one. None where such readings stood
         high for longer than two bins: a rise under noise, no spike."""
-        if time_s not in self._events:
-            if len(self._events) >= 8:
-                self._events = {}
-            self._events[time_s] = self._find_events(time_s)
-        return self._events[time_s]
-
-    def _find_events(self, time_s: float) -> Optional[List[float]]:
         highest = self.headroom(time_s)
         if highest <= 0:
             return []
