@@ -947,15 +947,3 @@ def test_sparse_readings_are_named_with_the_setting_that_makes_them():
     assert sparse_readings_warning(None, "memory.interval_s") is None
     line = sparse_readings_warning(20.0, "memory.interval_s")
     assert line.startswith("memory.interval_s=20: ") and "every 20 s" in line and "\n" not in line
-
-
-@pytest.mark.parametrize("seed", [900022 * 1009 + 0, 900026 * 1009 + 2])
-def test_a_leak_that_dies_at_an_evaluation_counts_the_spike_above_its_readings_band(seed):
-    """60-minute leaks under noise of 2-2.5% with evaluation spikes of 7-10%: the highest spike remembered counted
-    as headroom above the floor in place of the readings' band, not on top of it, and they died at an evaluation
-    0.9-1.6 GiB above their projected peaks (never aborted, or 23 s ahead). Spikes that come minutes apart, a
-    sawtooth's or the noise's, are not counted on top (those of a cache that stops, and of an allocator's stairs:
-    ``test_a_cache_that_stops_is_not_projected_on_by_the_long_windows_line``, ``..._over_for_half_an_hour_...``)."""
-    trace = generate_family_trace("leak_60min", seed)
-    _, decision = _until_abort(trace)
-    assert decision is not None and trace.rows[-1].time_s - decision.assessment.time_s >= 60.0, decision

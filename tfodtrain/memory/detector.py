@@ -1424,23 +1424,7 @@ class TrendDetector:
     def _room_above(self, window: _Window, trend: _Trend, noise: float) -> float:
         """A growing window's headroom: its own, or the highest spike of the last two hours if higher
         (those the run reported too: evaluations that the readings, sparse or still in the start, missed)."""
-        return self._spike_room(window, trend, noise, self._headroom(window, trend, noise))
-
-    def _spike_room(self, window: _Window, trend: _Trend, noise: float, own: float) -> float:
-        """A growing window's headroom with the highest spike remembered on top of the readings' own band
-        (``own``). A spike's height is measured from the highest reading of the bin before it, so its
-        readings stand that high above the readings' top, not above their floor: a fast window's own
-        headroom (its noise's reach), or a long window's three noise sigmas (its own peaks may hold the
-        spike), comes under it. Taken as the larger of the two, 60-minute leaks under noise of 2% died at an
-        evaluation 0.9-1.6 GiB above their projected peaks, never aborted or 23 s ahead. Only for spikes that
-        came as evaluations do (``_Spikes.events``), ``SPIKE_QUIET_GAP_S`` apart or more: a sawtooth's or
-        noise's bins read as spikes, minutes apart or stood high for three bins, are the band itself (counted
-        on top, caches that stop at 85%, plateaus at 92% and an allocator's staircase were aborted)."""
-        spike = self._spikes.headroom(trend.last_time)
-        events = self._spikes.events(trend.last_time) if spike > 0 else None
-        if not events or any(b - a < SPIKE_QUIET_GAP_S for a, b in zip(events, events[1:])):
-            return max(own, spike)
-        return max(own, spike + (own if window.fast else NOISE_PEAK_Z * noise))
+        return max(self._headroom(window, trend, noise), self._spikes.headroom(trend.last_time))
 
     def _seconds_left(self, window: _Window, trend: _Trend, base: Assessment, noise: float) -> float:
         """A growing window's time to the limit, its own headroom or a spike's on top. A spike kills
@@ -1448,7 +1432,7 @@ class TrendDetector:
         reaches the limit (``_Spikes.quiet_until``), the run lives until then or until the floor
         plus its own headroom reaches it, whichever comes first."""
         own = self._headroom(window, trend, noise)
-        soonest = self._seconds_to_limit(trend, base, self._spike_room(window, trend, noise, own))
+        soonest = self._seconds_to_limit(trend, base, max(own, self._spikes.headroom(trend.last_time)))
         quiet, spikes = self._spikes.quiet(base.time_s)
         if quiet is None or quiet - base.time_s <= soonest:
             return soonest
