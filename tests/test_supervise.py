@@ -54,7 +54,9 @@ else:
 if action == "wait":  # until SIGTERM: checkpoint again, exit 143, as the trainer does
     def stop(signum, frame):
         checkpoint(attempt * 10 + 5)
-        (run_dir / "got_signal").write_text(signal.Signals(signum).name)
+        staging = run_dir / "got_signal.tmp"  # whole or absent: the test polls for the file, then reads it
+        staging.write_text(signal.Signals(signum).name)
+        os.replace(staging, run_dir / "got_signal")
         sys.exit(128 + signum)
     signal.signal(signal.SIGTERM, stop)
     (run_dir / "ready").write_text("1")

@@ -103,11 +103,11 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, args, words):
 
 def test_healthy_child_ends_with_its_own_exit_code(tmp_path):
     run = tmp_path / "run"
-    done = run_watch(["--run-dir", str(run), "--interval-s", "0.5", "--", *CHILD, "--run-s", "3", "--exit-code", "3"])
+    done = run_watch(["--run-dir", str(run), "--interval-s", "0.5", "--", *CHILD, "--run-s", "5", "--exit-code", "3"])
     assert done.returncode == 3, done.stderr[-2000:]
     assert not (run / "abort_report.json").exists()
     rows = list(read_trace(run / "memory_trace_host.csv"))
-    assert len(rows) >= 4
+    assert len(rows) >= 3  # 10 due in 5 s; a loaded CI machine has read only 2 of 6 in 3 s
     assert [r.step for r in rows] == list(range(1, len(rows) + 1))  # the step column counts readings
     assert all(0 < r.used_bytes < r.limit_bytes for r in rows)
     readings = [json.loads(line) for line in (run / "memory_readings.jsonl").read_text().splitlines()]
