@@ -31,7 +31,8 @@ def test_the_abort_names_keep_detections_kept_its_size_and_the_line(leak_named, 
     clues = report["leak_clues"]
     holder = clues["holders"][0]
     assert holder["path"] == "KeepDetections.kept" and holder["kind"] == "list" and holder["anchor"] == "attribute"
-    assert holder["items"] > 1000 and holder["bytes"] > 200 << 20  # ~5 MiB of detections kept a step
+    # ~5 MiB of detections kept a step; the abort's step varies with the machine's load (197 MiB seen on a slow CI)
+    assert holder["items"] > 1000 and holder["bytes"] > 100 << 20
     assert holder["growth_per_100_steps"] > 1000 and holder["bytes_per_100_steps"] > 100 << 20
     assert holder["added_at"] == line and holder["added_at_source"] == "tracemalloc"
     assert line in holder["added_by"]
