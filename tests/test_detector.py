@@ -312,6 +312,26 @@ def test_the_tail_of_the_start_is_not_growth_to_the_long_windows():
     assert family_abort("high_plateau", 12626 * 1009 + 4, 3 * 3600) is None
 
 
+def test_the_tail_of_the_start_is_not_growth_to_the_fast_windows():
+    """A plateau at 92% of the limit reached by a start with a time constant of about 80 s, under a GC
+    sawtooth of 2% every 12 minutes (its first ramp under way). The start levelled off in its first ten
+    minutes, but the 8-minute fast window still held its tail (7% of the limit from 200 s on) and, its
+    settling gate shut at 10 minutes, aborted it at 628 s. The fast windows now judge growth only from
+    where the start's curve came within the noise of its level."""
+    assert family_abort("high_plateau", 605305 * 1009 + 1, 1800) is None
+
+
+@pytest.mark.parametrize("seed", [605305 * 1009 + 5, 900014 * 1009 + 3])
+def test_a_starts_pace_is_judged_by_four_standard_errors_and_the_readings_own_scatter(seed):
+    """Plateaus at 89-90% of the limit, reached by starts with time constants of 60-90 s under a GC
+    sawtooth's first ramp: at one bin of the first ten minutes the latest third of the start's bins rose
+    three standard errors faster than its curve, with the noise, estimated from a few dozen changes,
+    20-35% low by chance; the settling gate opened for that bin and the fast windows' growth, seen all
+    along, aborted them at 290 s and 442 s. The test runs at every bin: the pace must now exceed the
+    curve's by four standard errors, from the larger of that estimate and the bins' own scatter."""
+    assert family_abort("high_plateau", seed, 1800) is None
+
+
 def test_chunk_floors_that_drift_apart_from_their_mean_are_not_growth():
     """A plateau at 90% whose noise narrows from 2.5% to 1% of the limit over half an hour: the chunks' deepest
     dips rise while their mean stays put. Aborted in 7 of these 8 seeds before the means had to rise too."""

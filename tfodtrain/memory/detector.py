@@ -64,7 +64,8 @@ STARTUP_FLAT = 0.02  # the start-up ends early only when its readings bound the 
 SETTLE_F = 3.84  # curves that fit within this F statistic (95%, one parameter) of the best are as plausible
 SETTLING_S = 600.0  # how long into a run a rise that levels off below the limit may be taken for the start
 SETTLE_BIN_S = 5.0  # the first SETTLING_S of readings, averaged in bins of this many seconds, for that fit
-SETTLE_PACE_Z = 3.0  # the latest bins' pace must exceed the settling curve's by this many standard errors
+SETTLE_PACE_Z = 4.0  # the latest bins' pace must exceed the settling curve's by this many standard errors
+# (4, not 3: the test is repeated at every bin of the first SETTLING_S, and one chance excursion opened the gate)
 SETTLE_JUMP_Z = 3.0  # a jump taken out of the start's bins stands out of their noise by this many sigmas
 SETTLE_TAUS = tuple(10.0 * 1.25 ** k for k in range(13))  # time constants tried: 10 s to ~2.4 min (the last one: no bend)
 SETTLE_HALF_CHUNKS = 4  # a fast window's growth slows down significantly only with this many floors in each half
@@ -1026,6 +1027,7 @@ class TrendDetector:
         self._startup_end: Optional[float] = None
         self._early: List[List[float]] = []  # bins of the first SETTLING_S: [key, sum of times, sum of used, count]
         self._saturation: Tuple[int, bool] = (-1, False)  # (bins when judged, whether they level off below the limit)
+        self._settled_at = math.inf  # when the start's curve, as last judged, came within the noise of its level
         self._differences: Deque[int] = deque(maxlen=64)  # reading-to-reading changes (the noise)
         self._previous_used: Optional[int] = None
         self._noise_at: Tuple[Optional[Tuple[int, int]], float] = (None, 0.0)  # (readings, limit) -> noise
@@ -1097,6 +1099,12 @@ class TrendDetector:
             self._settled = True
             if self._levels_off(limit_bytes, self._reading_noise(limit_bytes)):
                 self._forget_the_start()
+                # and the fast windows judge growth only from where the start's curve came within the
+                # noise of its level: its tail is context (a plateau's last minutes of start under a
+                # sawtooth's first ramp rose enough to be aborted at 628 s)
+                self._startup_end = min(time_s, max(self._startup_end or 0.0, self._settled_at))
+                for window in self.windows:
+                    window.judged_from = self._startup_end
         for window in self.windows:
             window.add(step, time_s, used_bytes)
         if time_s - self._first[1] >= SETTLING_S:  # the start's rise is no spike
@@ -1264,19 +1272,23 @@ class TrendDetector:
         bins = self._early[:-1]  # closed bins
         if self._saturation[0] == len(bins):
             return self._saturation[1]
-        verdict = len(bins) >= 8 and self._fit_levels_off(bins, limit, noise)
+        settled_at = self._fit_levels_off(bins, limit, noise) if len(bins) >= 8 else None
+        verdict = settled_at is not None
+        self._settled_at = settled_at if settled_at is not None else math.inf
         self._saturation = (len(bins), verdict)
         return verdict
 
     @staticmethod
-    def _fit_levels_off(bins: Sequence[Sequence[float]], limit: int, noise: float) -> bool:
+    def _fit_levels_off(bins: Sequence[Sequence[float]], limit: int, noise: float) -> Optional[float]:
         """The fit of ``_levels_off``; tried again with the largest jump between bins taken out
-        (an evaluation spike, or a one-time step, on top of the rise)."""
+        (an evaluation spike, or a one-time step, on top of the rise). Returns when the curve came
+        within a noise sigma of its level, or None where the readings follow no such curve."""
         ts = [b[1] / b[3] for b in bins]
         ys = [b[2] / b[3] for b in bins]
         counts = [b[3] for b in bins]
-        if TrendDetector._curve_levels_off(ts, ys, counts, limit, noise):
-            return True
+        settled_at = TrendDetector._curve_levels_off(ts, ys, counts, limit, noise)
+        if settled_at is not None:
+            return settled_at
         for width in (1, 2):  # a jump's edge may fall inside a bin: then it spans two
             # (with a bin taken out, a line may fit what is left best: a GC sawtooth's ramp on a plateau's
             # start fitted so, and the plateau at 94% of its limit was aborted)
@@ -1284,21 +1296,23 @@ class TrendDetector:
             jump = ys[at + width] - ys[at]
             # only a jump that stands out of the noise of two bins' means (a noisy ramp's largest
             # bin-to-bin rise is no step; taken out, the ramp that is left bends over)
-            if jump > SETTLE_JUMP_Z * noise * math.sqrt(1.0 / counts[at] + 1.0 / counts[at + width]) \
-                    and TrendDetector._curve_levels_off(
+            if jump > SETTLE_JUMP_Z * noise * math.sqrt(1.0 / counts[at] + 1.0 / counts[at + width]):
+                settled_at = TrendDetector._curve_levels_off(
                     ts[:at + 1] + ts[at + width:], ys[:at + 1] + [y - jump for y in ys[at + width:]],
-                    counts[:at + 1] + counts[at + width:], limit - jump, noise, line_wins=width == 1):
-                return True
-        return False
+                    counts[:at + 1] + counts[at + width:], limit - jump, noise, line_wins=width == 1)
+                if settled_at is not None:
+                    return settled_at
+        return None
 
     @staticmethod
     def _curve_levels_off(ts: Sequence[float], ys: Sequence[float], counts: Sequence[int], limit: float,
-                          noise: float, line_wins: bool = True) -> bool:
+                          noise: float, line_wins: bool = True) -> Optional[float]:
         """Whether a fit about as good as the best (the one with the lowest level) bends over within
         the time constants tried (an allocator's or a first evaluation's rise, not a leak's line) to a
         level two noise sigmas below ``limit``, with the latest bins on the curve and rising no faster
         than it (their Theil-Sen slope at most twice the curve's, or a rise within the noise).
-        ``line_wins``: and the best fit of all bends over (readings that a line fits best are no start)."""
+        ``line_wins``: and the best fit of all bends over (readings that a line fits best are no start).
+        Returns when that curve came within a noise sigma of its level, or None where it does not hold."""
         n, t0 = len(ts), ts[0]
         fits = []
         for tau in SETTLE_TAUS:
@@ -1313,7 +1327,7 @@ class TrendDetector:
             residuals = [y - a - b * x for x, y in zip(xs, ys)]
             fits.append((sum(r * r for r in residuals), tau, a, b, residuals))
         if not fits or n <= 3:
-            return False
+            return None
         # The time constant, and with it the level, is the least sure part of the fit: of the rises
         # that bend over within the grid and fit about as well as the best (within the 95% bound of
         # a one-parameter F test), the one with the lowest level is judged. None: no rise, one that
@@ -1322,19 +1336,19 @@ class TrendDetector:
         # under noise (a 3-minute leak from 2 minutes in was taken for the start until 36 s before it died).
         best_sse, best_tau = min((fit[0], fit[1]) for fit in fits)
         if line_wins and best_tau >= SETTLE_TAUS[-1]:
-            return False
+            return None
         plausible = [fit for fit in fits if fit[0] <= best_sse * (1.0 + SETTLE_F / (n - 3))
                      and fit[3] < 0 and fit[1] < SETTLE_TAUS[-1]]
         if not plausible:
-            return False
+            return None
         _, tau, level, b, residuals = min(plausible, key=lambda fit: fit[2])  # the lowest level
         if level + 2.0 * noise >= limit:  # readings around that level would reach the limit
-            return False
+            return None
         # a sawtooth's phase moves bin averages by up to half its height: allow 1% of the limit; and the
         # median of a few noisy bins strays from the curve by chance (two of its standard errors)
         latest = max(3, n // 4)
         if _median(residuals[-latest:]) > max(noise, 2.0 * 1.2533 * noise / math.sqrt(latest), 0.01 * limit):
-            return False
+            return None
         # and the latest bins must be slowing down as the curve does: a climb that keeps its
         # pace (a leak after a fast start) rises clearly faster than the curve's slope there,
         # by more than the pace's own uncertainty (a few noisy readings tilt it by chance)
@@ -1344,7 +1358,15 @@ class TrendDetector:
         weights = counts[-third:]
         mean_t = sum(w * t for w, t in zip(weights, ts[-third:])) / sum(weights)
         spread = math.sqrt(sum(w * (t - mean_t) ** 2 for w, t in zip(weights, ts[-third:])))
-        return pace <= 2.0 * curve_slope or pace - curve_slope <= SETTLE_PACE_Z * noise / max(spread, 1e-9)
+        # The pace's uncertainty from the noise estimated from the readings' changes, or from the
+        # latest bins' own scatter about the pace when larger: a few dozen changes make the estimate
+        # 20-35% low by chance, and one such start (a plateau at 89%) was taken for a leak at 290 s.
+        mid = _median([y - pace * t for t, y in zip(ts[-third:], ys[-third:])])
+        scatter = math.sqrt(sum(w * (y - mid - pace * t) ** 2 for w, t, y in zip(weights, ts[-third:], ys[-third:]))
+                            / max(1, third - 2))
+        if pace > 2.0 * curve_slope and pace - curve_slope > SETTLE_PACE_Z * max(noise, scatter) / max(spread, 1e-9):
+            return None
+        return t0 + tau * math.log(max(1.0, -b / max(noise, 1.0)))
 
     def _reading_noise(self, limit: int) -> float:
         """Sigma of the reading noise, from the spread of recent reading-to-reading changes (MAD:
