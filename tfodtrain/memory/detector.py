@@ -1026,8 +1026,9 @@ class TrendDetector:
         self._startup_times: List[float] = []
         self._startup_end: Optional[float] = None
         self._early: List[List[float]] = []  # bins of the first SETTLING_S: [key, sum of times, sum of used, count]
-        self._saturation: Tuple[int, bool] = (-1, False)  # (bins when judged, whether they level off below the limit)
-        self._settled_at = math.inf  # when the start's curve, as last judged, came within the noise of its level
+        # (bins when judged, when the curve they follow came within the noise of its level below the limit: None
+        # where they follow none)
+        self._saturation: Tuple[int, Optional[float]] = (-1, None)
         self._differences: Deque[int] = deque(maxlen=64)  # reading-to-reading changes (the noise)
         self._previous_used: Optional[int] = None
         self._noise_at: Tuple[Optional[Tuple[int, int]], float] = (None, 0.0)  # (readings, limit) -> noise
@@ -1102,9 +1103,7 @@ class TrendDetector:
                 # and the fast windows judge growth only from where the start's curve came within the
                 # noise of its level: its tail is context (a plateau's last minutes of start under a
                 # sawtooth's first ramp rose enough to be aborted at 628 s)
-                self._startup_end = min(time_s, max(self._startup_end or 0.0, self._settled_at))
-                for window in self.windows:
-                    window.judged_from = self._startup_end
+                self._judge_from(min(time_s, max(self._startup_end or 0.0, self._saturation[1])))
         for window in self.windows:
             window.add(step, time_s, used_bytes)
         if time_s - self._first[1] >= SETTLING_S:  # the start's rise is no spike
@@ -1117,6 +1116,12 @@ class TrendDetector:
             base.note = f"{self.readings} of {self.min_readings} readings after the start-up"
             return base
         return self._assess(base)
+
+    def _judge_from(self, time_s: float) -> None:
+        """Growth is judged from ``time_s`` on: what came before is the start, context for the fast windows."""
+        self._startup_end = time_s
+        for window in self.windows:
+            window.judged_from = time_s
 
     def _startup_cap(self) -> float:
         """When the start-up discount ends at the latest: ``startup_s`` into the run (``time_s``
@@ -1147,9 +1152,7 @@ class TrendDetector:
                 and self._shown_flat(self._startup_times[-half:], readings[-half:], limit)
         if over:
             self._startup, self._startup_times = None, []
-            self._startup_end = time_s
-            for window in self.windows:
-                window.judged_from = time_s
+            self._judge_from(time_s)
             return False
         return True
 
@@ -1270,13 +1273,9 @@ class TrendDetector:
         top of it climbs away).
         Least squares over a grid of time constants; judged again when a bin closes."""
         bins = self._early[:-1]  # closed bins
-        if self._saturation[0] == len(bins):
-            return self._saturation[1]
-        settled_at = self._fit_levels_off(bins, limit, noise) if len(bins) >= 8 else None
-        verdict = settled_at is not None
-        self._settled_at = settled_at if settled_at is not None else math.inf
-        self._saturation = (len(bins), verdict)
-        return verdict
+        if self._saturation[0] != len(bins):
+            self._saturation = (len(bins), self._fit_levels_off(bins, limit, noise) if len(bins) >= 8 else None)
+        return self._saturation[1] is not None
 
     @staticmethod
     def _fit_levels_off(bins: Sequence[Sequence[float]], limit: int, noise: float) -> Optional[float]:
