@@ -53,9 +53,9 @@ def test_shared_traces_every_leak_caught_a_minute_ahead_no_healthy_aborted():
 
 
 @pytest.mark.parametrize("folder", ["gpu_traces", "gpu_traces_seed61", "gpu_traces_seed62", "gpu_traces_seed63",
-                                    "gpu_traces_seed64"])
+                                    "gpu_traces_seed64", "gpu_traces_seed65"])
 def test_real_gpu_traces_every_leak_caught_a_minute_ahead_no_healthy_aborted(folder):
-    # Real PyTorch trainings on an H200 (each folder's README); gpu_traces_seed61 to _seed64 were each
+    # Real PyTorch trainings on an H200 (each folder's README); gpu_traces_seed61 to _seed65 were each
     # recorded after a change of the guard and replayed once before they were added here.
     folder = REPO / "tests" / "data" / folder
     labels = json.loads((folder / "labels.json").read_text())
