@@ -336,6 +336,28 @@ def test_no_gpu_pool_while_the_tree_holds_nothing_on_the_card(monkeypatch):
         child.wait()
 
 
+def test_no_reading_once_the_command_has_ended():
+    """The command can end between the watch's poll and its reading: a tree with no live process is not
+    read (its 0 bytes would go into the trace as a reading), whether the child is a zombie or reaped."""
+    child = subprocess.Popen([*CHILD, "--run-s", "30"], start_new_session=True)
+    try:
+        memory = watch.TreeMemory(watch.ProcessTree(child.pid), budget_bytes=None)
+        pools, _ = memory.read()
+        assert 0 < pools["host"][0] < pools["host"][1]
+        child.kill()  # not yet reaped: a zombie
+        deadline = time.monotonic() + 10
+        while psutil.Process(child.pid).status() != psutil.STATUS_ZOMBIE:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert memory.read() is None
+        child.wait()
+        assert memory.read() is None
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+
+
 # ------------------------------------------------------------------------------------------
 # Slow: real leaks under the product's default guard settings
 # ------------------------------------------------------------------------------------------

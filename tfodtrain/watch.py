@@ -325,8 +325,12 @@ class TreeMemory:
             return limit
         return self.budget_bytes if limit is None else min(limit, self.budget_bytes)
 
-    def read(self) -> tuple[dict[str, tuple[int, int]], dict]:
+    def read(self) -> tuple[dict[str, tuple[int, int]], dict] | None:
+        """The pools and the raw figures; None once no process of the tree is alive (the command ended
+        between the poll and this reading: its 0 bytes would be recorded as a reading of nothing)."""
         self.tree.refresh()
+        if not self.tree.processes():
+            return None
         tree_rss = self.tree.rss_bytes()
         host = self.host_probe.read()
         gpus = self.nvml.read()
@@ -658,7 +662,10 @@ class Watch:
         return returncode
 
     def _reading(self, attempt, memory: TreeMemory, guard: MemoryGuard, follower, state, child) -> None:
-        pools, raw = memory.read()
+        read = memory.read()
+        if read is None:
+            return
+        pools, raw = read
         time_s = time.monotonic() - self.t0
         self.readings += 1
         self._record(attempt, time_s, pools, raw)
