@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from helpers.resident_pages import NAME as RESIDENT_PAGES, keep_resident
 from helpers.session_runs import SessionRuns
 from helpers.shared_runs import RESUMES, RUNS
 from helpers.xdist_groups import GroupScheduling, write_groups
@@ -25,6 +26,7 @@ from helpers.xdist_groups import GroupScheduling, write_groups
 SMOKE = "smoke_run"
 TRAINING_FIXTURES = (SMOKE, "tensorboard_url", *RUNS, *RESUMES)
 SHARED_DIR_VARIABLE = "TFODTRAIN_TEST_SESSION_DIR"  # set by the main process; xdist's workers inherit it
+MAIN_PID_VARIABLE = "TFODTRAIN_TEST_MAIN_PID"  # likewise: the session's main process
 GROUPS_FILE = "xdist-groups.json"
 
 
@@ -32,6 +34,7 @@ GROUPS_FILE = "xdist-groups.json"
 def pytest_configure(config):
     if not hasattr(config, "workerinput"):  # the main process (xdist's controller, or the only one)
         os.environ[SHARED_DIR_VARIABLE] = str(config._tmp_path_factory.getbasetemp() / "session-runs")
+        os.environ[MAIN_PID_VARIABLE] = str(os.getpid())
 
 
 def pytest_sessionfinish(session):
@@ -73,10 +76,14 @@ def data_cache() -> Path:
 @pytest.fixture(scope="session", autouse=True)
 def shared_runs(request):
     """Starts, when the session starts, every session run that a selected test asks for (none under -m "not
-    slow"): the smoke run and those of helpers/shared_runs.py. They run side by side, mostly waiting on a leak's
-    pace, while the session goes on; whichever process asks first starts each, once. Yields SessionRuns."""
+    slow"): the smoke run and those of helpers/shared_runs.py, and with slow tests helpers/resident_pages.py.
+    They run side by side, mostly waiting on a leak's pace, while the session goes on; whichever process asks
+    first starts each, once. Yields SessionRuns."""
     asked = {name for item in request.session.items for name in getattr(item, "fixturenames", ())}
     runs = SessionRuns(_session_dir())
+    if any(item.get_closest_marker("slow") for item in request.session.items):
+        # the slow tests start dozens of processes that import TensorFlow: its files stay in memory for them
+        keep_resident(runs.root / RESIDENT_PAGES, int(os.environ[MAIN_PID_VARIABLE]))
     resumes = sorted(asked & set(RESUMES))
     wanted = sorted((asked & set(RUNS)) | {RESUMES[name][0] for name in resumes})
     smoke = bool(asked & {SMOKE, "tensorboard_url"}) and not os.environ.get("TFODTRAIN_TEST_SMOKE_RUN")
