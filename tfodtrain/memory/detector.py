@@ -1106,8 +1106,7 @@ class TrendDetector:
                 self._judge_from(min(time_s, max(self._startup_end or 0.0, self._saturation[1])))
         for window in self.windows:
             window.add(step, time_s, used_bytes)
-        if time_s - self._first[1] >= SETTLING_S:  # the start's rise is no spike
-            self._spikes.add(step, time_s, used_bytes)
+        self._spikes.add(step, time_s, used_bytes)  # after the start-up (its rise is no spike), within SETTLING_S too
         self._recent.append((time_s, used_bytes))
         while self._recent[0][0] < time_s - SPIKE_LOOK_S:
             self._recent.popleft()
