@@ -327,11 +327,12 @@ class TreeMemory:
 
     def read(self) -> tuple[dict[str, tuple[int, int]], dict] | None:
         """The pools and the raw figures; None once no process of the tree is alive (the command ended
-        between the poll and this reading: its 0 bytes would be recorded as a reading of nothing)."""
+        between the poll and this reading, or during it: its 0 bytes would be recorded as a reading of
+        nothing). Judged on the bytes read, so that no process can end between the check and the reading."""
         self.tree.refresh()
-        if not self.tree.processes():
-            return None
         tree_rss = self.tree.rss_bytes()
+        if tree_rss == 0:
+            return None
         host = self.host_probe.read()
         gpus = self.nvml.read()
         pools = {"host": (tree_rss, self.cap(probes.host_limit_bytes(host)))}

@@ -25,6 +25,8 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
+
 NAME = "resident-pages"
 OFF_VARIABLE = "TFODTRAIN_TEST_RESIDENT_PAGES"
 LIFETIME_S = 3 * 3600  # the suite's own limit is 90 minutes: a lost session does not lock memory for long
@@ -93,16 +95,6 @@ def lock(paths: list[str]) -> tuple[int, int]:
     return files, locked
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def main(home: Path, main_pid: int) -> int:
     started = time.monotonic()
     import tfodtrain.evaluate  # noqa: F401 - what the training, evaluation and export processes import
@@ -115,7 +107,7 @@ def main(home: Path, main_pid: int) -> int:
           flush=True)
     if not files:
         return 0
-    while _alive(main_pid) and time.monotonic() - started < LIFETIME_S:
+    while psutil.pid_exists(main_pid) and time.monotonic() - started < LIFETIME_S:
         time.sleep(2.0)
     return 0
 
