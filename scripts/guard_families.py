@@ -12,7 +12,9 @@ the median lead; then the misses and false aborts. Several seeds make one set. `
 one line per trace (family, kind, leak start, death, abort time, warnings, reason) for comparing two
 versions of the guard trace by trace. ``--until S`` replays only each trace's first S seconds (a change
 to the run's first minutes, screened on many seeds at little cost); leaks that die later are left out of
-the table. ``--evaluation-stairs``: staircase leaks whose evaluation spikes
+the table. ``--range NAME=LOW,HIGH`` draws the families otherwise (``tracegen.FAMILY_RANGES``: how
+often memory is read, noise, sawtooth and spikes), to see how much the scores rest on those choices,
+e.g. ``--range reading_s=15,30``. ``--evaluation-stairs``: staircase leaks whose evaluation spikes
 come with every stair (memory kept at each evaluation), as the families were drawn until 2026-12-01.
 Exit 0 when every leak is caught and no healthy run is aborted.
 """
@@ -29,18 +31,34 @@ from concurrent.futures import ProcessPoolExecutor
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from tfodtrain.memory.replay import _settings_from, replay_detail  # noqa: E402
-from tfodtrain.memory.tracegen import FAMILIES, generate_family_trace  # noqa: E402
+from tfodtrain.memory.tracegen import FAMILIES, family_ranges, generate_family_trace  # noqa: E402
 
 
 def score_one(job):
-    family, seed, index, overrides, evaluation_stairs, until = job
+    family, seed, index, overrides, evaluation_stairs, until, ranges = job
     trace = generate_family_trace(family, seed * 1009 + index, name=f"{family}_{seed}_{index}",
-                                  evaluation_stairs=evaluation_stairs)
+                                  evaluation_stairs=evaluation_stairs, ranges=ranges)
     rows = trace.rows if until is None else [row for row in trace.rows if row.time_s <= until]
     result = replay_detail(rows, _settings_from(overrides))
     death = trace.rows[-1].time_s
     return {"family": family, "name": trace.name, "kind": trace.kind, "leak": trace.leak,
             "leak_start_s": trace.leak_start_s, "death_s": death, **result}
+
+
+FAMILY_RANGE_NAMES = tuple(family_ranges())
+
+
+def _ranges_from(texts):
+    """``NAME=LOW,HIGH`` strings as {name: (low, high)}, checked by ``family_ranges``."""
+    ranges = {}
+    for text in texts:
+        name, _, value = text.partition("=")
+        parts = value.split(",")
+        if len(parts) != 2:
+            raise ValueError(f"--range takes NAME=LOW,HIGH, not '{text}'")
+        ranges[name.strip()] = parts
+    family_ranges(ranges)  # ValueError names a bad name or bound
+    return {name: tuple(float(v) for v in parts) for name, parts in ranges.items()}
 
 
 def _median(values, fmt="{:.0f}"):
@@ -58,6 +76,8 @@ def main(argv=None) -> int:
                         help="override one guard setting (repeatable)")
     parser.add_argument("--json", metavar="OUT", help="write one JSON line per trace to OUT")
     parser.add_argument("--until", type=float, metavar="S", help="replay only each trace's first S seconds")
+    parser.add_argument("--range", dest="ranges", action="append", default=[], metavar="NAME=LOW,HIGH",
+                        help="draw the families otherwise (repeatable): " + ", ".join(FAMILY_RANGE_NAMES))
     parser.add_argument("--evaluation-stairs", action="store_true",
                         help="staircase leaks' evaluation spikes come with every stair")
     args = parser.parse_args(argv)
@@ -76,10 +96,15 @@ def main(argv=None) -> int:
     if unknown:
         print(f"guard_families: unknown family '{unknown[0]}'; known: {', '.join(FAMILIES)}", file=sys.stderr)
         return 2
+    try:
+        ranges = _ranges_from(args.ranges)
+    except ValueError as error:
+        print(f"guard_families: {error}", file=sys.stderr)
+        return 2
     if args.until is not None and args.until <= 0:
         print(f"guard_families: --until takes a number of seconds above 0, not {args.until:g}", file=sys.stderr)
         return 2
-    jobs = [(family, seed, i, args.overrides, args.evaluation_stairs, args.until)
+    jobs = [(family, seed, i, args.overrides, args.evaluation_stairs, args.until, ranges)
             for seed in seeds for family in families for i in range(args.per_family)]
     if args.jobs > 1:
         with ProcessPoolExecutor(args.jobs) as pool:
@@ -91,7 +116,8 @@ def main(argv=None) -> int:
             for r in results:
                 out.write(json.dumps({k: v for k, v in r.items() if k != "assessment"}, default=str) + "\n")
     print(f"seed {','.join(map(str, seeds))}, {args.per_family} per family and seed, lead >= {args.lead:g} s"
-          + ("" if args.until is None else f", the first {args.until:g} s of each (leaks that die later left out)"))
+          + ("" if args.until is None else f", the first {args.until:g} s of each (leaks that die later left out)")
+          + "".join(f", {name} {lo:g}-{hi:g}" for name, (lo, hi) in ranges.items()))
     print("| family | caught | false aborts | warnings per run | median delay from leak start (s) | median lead (s) |")
     print("|---|---|---|---|---|---|")
     problems, total_missed, total_false = [], 0, 0

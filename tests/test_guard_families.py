@@ -53,3 +53,17 @@ def test_a_leak_aborted_before_it_began_is_a_false_abort_not_a_catch(tmp_path):
     assert row[2].strip() == f"{len(caught)}/{len(scored)}" and row[3].strip() == f"{len(early)}/{len(scored)}"
     assert f"FALSE  {early[0]['name']} " in done.stdout and "before its leak began" in done.stdout
     assert done.returncode == 1
+
+
+def test_families_drawn_otherwise_are_named_in_the_header(tmp_path):
+    out = tmp_path / "sparse.json"
+    done = run_families("--seed", "37575", "--families", "high_plateau", "--per-family", "2", "--until", "600",
+                        "--range", "reading_s=30,30", "--json", str(out))
+    assert "reading_s 30-30" in done.stdout.splitlines()[0]
+    assert done.returncode in (0, 1) and len(out.read_text().splitlines()) == 2
+
+
+def test_a_bad_range_is_one_line_and_exit_2():
+    done = run_families("--range", "reading_s=5")
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.strip() == "guard_families: --range takes NAME=LOW,HIGH, not 'reading_s=5'"

@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 
 from tfodtrain.memory.replay import replay_detail, replay_rows
-from tfodtrain.memory.tracegen import (ALL_KINDS, FAMILIES, HEALTHY_KINDS, LEAK_KINDS, generate_families,
-                                       generate_family_trace, generate_set, generate_trace, write_set)
+from tfodtrain.memory.tracegen import (ALL_KINDS, FAMILIES, HEALTHY_KINDS, LEAK_KINDS, family_ranges,
+                                       generate_families, generate_family_trace, generate_set, generate_trace,
+                                       write_set)
 from tfodtrain.memory.traces import read_trace
 
 REPO = Path(__file__).resolve().parent.parent
@@ -122,6 +123,29 @@ def test_a_linear_leak_family_fills_memory_in_its_minutes():
     trace = generate_family_trace("leak_10min", 3)
     lasted = trace.rows[-1].time_s - trace.leak_start_s
     assert 6 * 60 <= lasted <= 10 * 60 + 30  # noise and peaks may kill it sooner, never later
+
+
+def test_families_drawn_otherwise_where_asked_and_only_there():
+    """``ranges`` moves one draw and leaves the rest of the family as it was: the same limit, leak and length,
+    read about every 30 s instead of every 1-20 s."""
+    for seed in range(6):
+        usual = generate_family_trace("high_plateau", seed)
+        sparse = generate_family_trace("high_plateau", seed, ranges={"reading_s": (30, 30)})
+        gaps = sorted(b.time_s - a.time_s for a, b in zip(sparse.rows, sparse.rows[1:]))
+        usual_gaps = sorted(b.time_s - a.time_s for a, b in zip(usual.rows, usual.rows[1:]))
+        assert 25 <= gaps[len(gaps) // 2] <= 35 and usual_gaps[len(usual_gaps) // 2] <= 21
+        assert sparse.rows[0].limit_bytes == usual.rows[0].limit_bytes and sparse.kind == usual.kind
+        assert generate_family_trace("high_plateau", seed, ranges={}).rows == usual.rows
+
+
+@pytest.mark.parametrize("ranges, message", [
+    ({"period": (1, 2)}, "unknown family range 'period'; known: reading_s, noise"),
+    ({"noise": (0.03, 0.01)}, "family range 'noise' needs 0 < low <= high: 0.03, 0.01"),
+    ({"reading_s": ("a", 2)}, "family range 'reading_s' needs two numbers, low and high"),
+])
+def test_a_bad_family_range_is_named(ranges, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(")):
+        family_ranges(ranges)
 
 
 def _spike_starts(trace, length_s=70.0, least=0.029):

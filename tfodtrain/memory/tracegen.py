@@ -371,6 +371,34 @@ HEALTHY_FAMILIES = ("high_plateau", "allocator_staircase", "fragmentation_creep"
 FAMILIES = LEAK_FAMILIES + HEALTHY_FAMILIES
 _FILL_MINUTES = {"leak_3min": 3, "leak_5min": 5, "leak_10min": 10, "leak_20min": 20, "leak_60min": 60}
 LEAK_STARTS_S = (120.0, 1800.0, "hours")  # 2 min, 30 min, 3 h or more into the run
+# How the families are drawn: (low, high) of each uniform draw. Some the families' definition fixes (noise,
+# sawtooth and spike heights, spikes' length and gaps), some it leaves open (how often memory is read, the
+# sawtooth's period): ``ranges=`` draws them otherwise, to see how much the guard's scores rest on them.
+FAMILY_RANGES = {
+    "reading_s": (1.0, 20.0),  # seconds between readings (log-uniform)
+    "noise": (0.001, 0.025),  # reading noise, sigma as a share of the limit
+    "sawtooth": (0.01, 0.03),  # GC sawtooth height, share of the limit (on half the traces)
+    "sawtooth_period_s": (60.0, 900.0),
+    "spike": (0.03, 0.10),  # evaluation spikes' height, share of the limit (on half the traces)
+    "spike_s": (20.0, 60.0),  # their length
+    "spike_every_s": (1200.0, 2400.0),  # the time between them
+}
+
+
+def family_ranges(overrides: Optional[dict] = None) -> dict:
+    """``FAMILY_RANGES`` with ``overrides`` ({name: (low, high)}) in place; ValueError names a bad one."""
+    ranges = dict(FAMILY_RANGES)
+    for name, value in (overrides or {}).items():
+        if name not in FAMILY_RANGES:
+            raise ValueError(f"unknown family range '{name}'; known: {', '.join(FAMILY_RANGES)}")
+        try:
+            low, high = (float(v) for v in value)
+        except (TypeError, ValueError):
+            raise ValueError(f"family range '{name}' needs two numbers, low and high: {value!r}") from None
+        if not 0 <= low <= high or (name == "reading_s" and low <= 0):
+            raise ValueError(f"family range '{name}' needs 0 < low <= high: {low:g}, {high:g}")
+        ranges[name] = (low, high)
+    return ranges
 
 
 @dataclass
@@ -384,8 +412,10 @@ class FamilyTrace(GeneratedTrace):
 
 
 def generate_family_trace(family: str, seed: int, name: Optional[str] = None,
-                          evaluation_stairs: bool = False) -> FamilyTrace:
-    """One trace of ``family``; deterministic in (family, seed).
+                          evaluation_stairs: bool = False, ranges: Optional[dict] = None) -> FamilyTrace:
+    """One trace of ``family``; deterministic in (family, seed, ranges).
+
+    ``ranges``: some of ``FAMILY_RANGES`` drawn otherwise, e.g. ``{"reading_s": (15, 30)}``.
 
     ``evaluation_stairs``: a staircase leak's evaluation spikes come at its stairs' interval, a fixed time
     before or after each stair (memory kept at every evaluation), instead of every 20-40 minutes. The
@@ -396,31 +426,34 @@ def generate_family_trace(family: str, seed: int, name: Optional[str] = None,
     if family not in FAMILIES:
         raise ValueError(f"unknown trace family '{family}'; known families: {', '.join(FAMILIES)}")
     leak = family in LEAK_FAMILIES
+    drawn = family_ranges(ranges)
     for attempt in range(200):
         rng = random.Random(f"family/{family}/{seed}/{attempt}")
-        trace = _draw_family(rng, family, leak, name or f"{family}_{seed}.csv", evaluation_stairs)
+        trace = _draw_family(rng, family, leak, name or f"{family}_{seed}.csv", evaluation_stairs, drawn)
         if trace is not None:
             return trace
     raise RuntimeError(f"could not generate a {family} trace for seed {seed}")  # pragma: no cover
 
 
 def _draw_family(rng: random.Random, family: str, leak: bool, name: str,
-                 evaluation_stairs: bool = False) -> Optional[FamilyTrace]:
+                 evaluation_stairs: bool = False, ranges: Optional[dict] = None) -> Optional[FamilyTrace]:
+    r = ranges or FAMILY_RANGES
     limit = rng.choice((8, 12, 16, 24, 32, 40, 48, 64, 80)) * GIB
     seconds_per_step = math.exp(rng.uniform(math.log(0.1), math.log(5.0)))
-    steps_per_reading = max(1, round(math.exp(rng.uniform(math.log(1.0), math.log(20.0))) / seconds_per_step))
-    noise = limit * rng.uniform(0.001, 0.025)
+    reading_s = math.exp(rng.uniform(*(math.log(x) for x in r["reading_s"])))
+    steps_per_reading = max(1, round(reading_s / seconds_per_step))
+    noise = limit * rng.uniform(*r["noise"])
     base = limit * rng.uniform(0.3, 0.65)
     parts: List[Callable[[float], float]] = []  # bytes added at time t (s)
     tags: List[str] = []
     spikes_at = None  # index of the evaluation spikes in parts
     if rng.random() < 0.5:
-        amp, period = limit * rng.uniform(0.01, 0.03), rng.uniform(60.0, 900.0)
+        amp, period = limit * rng.uniform(*r["sawtooth"]), rng.uniform(*r["sawtooth_period_s"])
         parts.append(lambda t: amp * ((t % period) / period))
         tags.append("gc_sawtooth")
     if family == "eval_spikes" or rng.random() < 0.5:
-        height, length = limit * rng.uniform(0.03, 0.10), rng.uniform(20.0, 60.0)
-        every, offset = rng.uniform(1200.0, 2400.0), rng.uniform(0.0, 2400.0)
+        height, length = limit * rng.uniform(*r["spike"]), rng.uniform(*r["spike_s"])
+        every, offset = rng.uniform(*r["spike_every_s"]), rng.uniform(0.0, 2400.0)
         spikes_at = len(parts)
         parts.append(_spikes(height, length, every, offset))
         tags.append("eval_spikes" if family != "eval_spikes" else "")
