@@ -140,7 +140,8 @@ def test_families_drawn_otherwise_where_asked_and_only_there():
 
 @pytest.mark.parametrize("ranges, message", [
     ({"period": (1, 2)}, "unknown family range 'period'; known: reading_s, noise"),
-    ({"noise": (0.03, 0.01)}, "family range 'noise' needs 0 < low <= high: 0.03, 0.01"),
+    ({"noise": (0.03, 0.01)}, "family range 'noise' needs 0 <= low <= high: 0.03, 0.01"),
+    ({"spike_every_s": (0, 600)}, "family range 'spike_every_s' needs 0 < low <= high: 0, 600"),
     ({"reading_s": ("a", 2)}, "family range 'reading_s' needs two numbers, low and high"),
 ])
 def test_a_bad_family_range_is_named(ranges, message):

@@ -384,6 +384,8 @@ FAMILY_RANGES = {
     "spike_every_s": (1200.0, 2400.0),  # the time between them
 }
 
+_POSITIVE_RANGES = ("reading_s", "sawtooth_period_s", "spike_every_s")  # times between: never 0
+
 
 def family_ranges(overrides: Optional[dict] = None) -> dict:
     """``FAMILY_RANGES`` with ``overrides`` ({name: (low, high)}) in place; ValueError names a bad one."""
@@ -395,8 +397,9 @@ def family_ranges(overrides: Optional[dict] = None) -> dict:
             low, high = (float(v) for v in value)
         except (TypeError, ValueError):
             raise ValueError(f"family range '{name}' needs two numbers, low and high: {value!r}") from None
-        if not 0 <= low <= high or (name == "reading_s" and low <= 0):
-            raise ValueError(f"family range '{name}' needs 0 < low <= high: {low:g}, {high:g}")
+        if not 0 <= low <= high < math.inf or (name in _POSITIVE_RANGES and low <= 0):
+            least = "0 <" if name in _POSITIVE_RANGES else "0 <="
+            raise ValueError(f"family range '{name}' needs {least} low <= high: {low:g}, {high:g}")
         ranges[name] = (low, high)
     return ranges
 
