@@ -31,7 +31,7 @@ from concurrent.futures import ProcessPoolExecutor
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from tfodtrain.memory.replay import _settings_from, replay_detail  # noqa: E402
-from tfodtrain.memory.tracegen import FAMILIES, family_ranges, generate_family_trace  # noqa: E402
+from tfodtrain.memory.tracegen import FAMILIES, FAMILY_RANGES, family_ranges, generate_family_trace  # noqa: E402
 
 
 def score_one(job):
@@ -45,9 +45,6 @@ def score_one(job):
             "leak_start_s": trace.leak_start_s, "death_s": death, **result}
 
 
-FAMILY_RANGE_NAMES = tuple(family_ranges())
-
-
 def _ranges_from(texts):
     """``NAME=LOW,HIGH`` strings as {name: (low, high)}, checked by ``family_ranges``."""
     ranges = {}
@@ -57,8 +54,8 @@ def _ranges_from(texts):
         if len(parts) != 2:
             raise ValueError(f"--range takes NAME=LOW,HIGH, not '{text}'")
         ranges[name.strip()] = parts
-    family_ranges(ranges)  # ValueError names a bad name or bound
-    return {name: tuple(float(v) for v in parts) for name, parts in ranges.items()}
+    checked = family_ranges(ranges)  # ValueError names a bad name or bound
+    return {name: checked[name] for name in ranges}
 
 
 def _median(values, fmt="{:.0f}"):
@@ -77,7 +74,7 @@ def main(argv=None) -> int:
     parser.add_argument("--json", metavar="OUT", help="write one JSON line per trace to OUT")
     parser.add_argument("--until", type=float, metavar="S", help="replay only each trace's first S seconds")
     parser.add_argument("--range", dest="ranges", action="append", default=[], metavar="NAME=LOW,HIGH",
-                        help="draw the families otherwise (repeatable): " + ", ".join(FAMILY_RANGE_NAMES))
+                        help="draw the families otherwise (repeatable): " + ", ".join(FAMILY_RANGES))
     parser.add_argument("--evaluation-stairs", action="store_true",
                         help="staircase leaks' evaluation spikes come with every stair")
     args = parser.parse_args(argv)

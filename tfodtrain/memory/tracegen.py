@@ -439,8 +439,8 @@ def generate_family_trace(family: str, seed: int, name: Optional[str] = None,
 
 
 def _draw_family(rng: random.Random, family: str, leak: bool, name: str,
-                 evaluation_stairs: bool = False, ranges: Optional[dict] = None) -> Optional[FamilyTrace]:
-    r = ranges or FAMILY_RANGES
+                 evaluation_stairs: bool, r: dict) -> Optional[FamilyTrace]:
+    """One draw of ``family`` from ``rng``, with the ranges ``r`` (``family_ranges``); None: drawn again."""
     limit = rng.choice((8, 12, 16, 24, 32, 40, 48, 64, 80)) * GIB
     seconds_per_step = math.exp(rng.uniform(math.log(0.1), math.log(5.0)))
     reading_s = math.exp(rng.uniform(*(math.log(x) for x in r["reading_s"])))
