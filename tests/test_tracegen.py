@@ -138,10 +138,24 @@ def test_families_drawn_otherwise_where_asked_and_only_there():
         assert generate_family_trace("high_plateau", seed, ranges={}).rows == usual.rows
 
 
+def test_a_slower_start_is_drawn_where_asked():
+    """``start_tau_s``: the start's rise to its plateau. With a time constant of 200 s a plateau that starts
+    at 5% of its level is still a fifth below it after 5 minutes; with 10 s it is there within a minute."""
+    for seed in range(4):
+        ranges = {"noise": (0.001, 0.001), "start_share": (0.05, 0.05)}
+        fast = generate_family_trace("high_plateau", seed, ranges={**ranges, "start_tau_s": (10, 10)})
+        slow = generate_family_trace("high_plateau", seed, ranges={**ranges, "start_tau_s": (200, 200)})
+        level = min(r.used_bytes for r in fast.rows if 1800 <= r.time_s <= 1900)
+        at_300 = [r.used_bytes for r in slow.rows if 290 <= r.time_s <= 310]
+        assert all(u < 0.82 * level for u in at_300), (seed, at_300, level)
+        assert all(r.used_bytes > 0.95 * level for r in fast.rows if 60 <= r.time_s <= 300)
+
+
 @pytest.mark.parametrize("ranges, message", [
     ({"period": (1, 2)}, "unknown family range 'period'; known: reading_s, noise"),
     ({"noise": (0.03, 0.01)}, "family range 'noise' needs 0 <= low <= high: 0.03, 0.01"),
     ({"spike_every_s": (0, 600)}, "family range 'spike_every_s' needs 0 < low <= high: 0, 600"),
+    ({"start_tau_s": (0, 60)}, "family range 'start_tau_s' needs 0 < low <= high: 0, 60"),
     ({"reading_s": ("a", 2)}, "family range 'reading_s' needs two numbers, low and high"),
 ])
 def test_a_bad_family_range_is_named(ranges, message):

@@ -382,9 +382,11 @@ FAMILY_RANGES = {
     "spike": (0.03, 0.10),  # evaluation spikes' height, share of the limit (on half the traces)
     "spike_s": (20.0, 60.0),  # their length
     "spike_every_s": (1200.0, 2400.0),  # the time between them
+    "start_tau_s": (10.0, 90.0),  # the start's rise to its plateau: time constant (allocator, first tracing)
+    "start_share": (0.05, 0.5),  # and where it begins, as a share of the plateau
 }
 
-_POSITIVE_RANGES = ("reading_s", "sawtooth_period_s", "spike_every_s")  # times between: never 0
+_POSITIVE_RANGES = ("reading_s", "sawtooth_period_s", "spike_every_s", "start_tau_s")  # times between: never 0
 
 
 def family_ranges(overrides: Optional[dict] = None) -> dict:
@@ -483,7 +485,7 @@ def _draw_family(rng: random.Random, family: str, leak: bool, name: str,
         hours = (leak_start + 3 * fill_s) / HOUR + 1
     else:
         base = _healthy_shape(rng, family, limit, base, hours, parts)
-    tau, start_frac = rng.uniform(10.0, 90.0), rng.uniform(0.05, 0.5)
+    tau, start_frac = rng.uniform(*r["start_tau_s"]), rng.uniform(*r["start_share"])
     rows: List[TraceRow] = []
     t, step = rng.uniform(5.0, 40.0), 0
     while t < hours * HOUR:
