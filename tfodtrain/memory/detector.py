@@ -67,7 +67,12 @@ SETTLE_BIN_S = 5.0  # the first SETTLING_S of readings, averaged in bins of this
 SETTLE_PACE_Z = 4.0  # the latest bins' pace must exceed the settling curve's by this many standard errors
 # (4, not 3: the test is repeated at every bin of the first SETTLING_S, and one chance excursion opened the gate)
 SETTLE_JUMP_Z = 3.0  # a jump taken out of the start's bins stands out of their noise by this many sigmas
-SETTLE_TAUS = tuple(10.0 * 1.25 ** k for k in range(13))  # time constants tried: 10 s to ~2.4 min (the last one: no bend)
+# time constants tried: 10 s to 3.8 min, and 4.7 min as no bend (allocators and first evaluations of long runs level
+# off within time constants of about 2 minutes; with 2 minutes the longest tried, 3 of 12 plateaus at 88-94% of the
+# limit reached with 100-150 s were aborted as fast leaks 3-4 minutes in)
+SETTLE_TAUS = tuple(10.0 * 1.25 ** k for k in range(16))
+SETTLE_SLOW_TAU = 10.0 * 1.25 ** 12  # a best fit bending over this slowly or slower must leave random residuals
+SETTLE_RUNS_Z = 2.326  # too few runs of residuals of one sign: one-sided, 1%
 SETTLE_HALF_CHUNKS = 4  # a fast window's growth slows down significantly only with this many floors in each half
 SEGMENTS = 4  # the floor must rise from each quarter of a window to the next to be sustained
 NOISE_PEAK_Z = 3.0  # a fast window's peaks reach at least this many noise sigmas above its trend
@@ -394,6 +399,21 @@ def _change_point(chunks: Sequence[_Chunk], min_span: int) -> Optional[int]:
         sy_before += ys[k]
         syy_before += ys[k] * ys[k]
     return None if split is None else n - split
+
+
+def _too_few_runs(residuals: Sequence[float]) -> bool:
+    """Wald-Wolfowitz: the residuals' signs change in fewer runs than chance allows (``SETTLE_RUNS_Z``): the
+    curve misses a shape in the readings."""
+    signs = [r > 0 for r in residuals if r != 0]
+    up = sum(signs)
+    down = len(signs) - up
+    if up == 0 or down == 0:
+        return len(signs) >= 8
+    n = up + down
+    runs = 1 + sum(a != b for a, b in zip(signs, signs[1:]))
+    mean = 2.0 * up * down / n + 1.0
+    var = 2.0 * up * down * (2.0 * up * down - n) / (n * n * (n - 1.0))
+    return var > 0 and (runs - mean) / math.sqrt(var) < -SETTLE_RUNS_Z
 
 
 def _rise(trend: _Trend) -> float:
@@ -1267,7 +1287,7 @@ class TrendDetector:
 
     def _levels_off(self, limit: int, noise: float) -> bool:
         """The readings since the first (in bins of SETTLE_BIN_S) follow a rise that levels off,
-        ``level - A * exp(-t / tau)`` with tau up to about two minutes, to a level that stays below
+        ``level - A * exp(-t / tau)`` with tau up to about four minutes, to a level that stays below
         the limit by two noise sigmas, and the latest bins keep to that curve (a leak that begins on
         top of it climbs away).
         Least squares over a grid of time constants; judged again when a bin closes."""
@@ -1332,8 +1352,13 @@ class TrendDetector:
         # does not bend over (a leak's line), or readings that fit best with no bend at all: a leak
         # that begins as the start levels off is then no start, even when a bend fits about as well
         # under noise (a 3-minute leak from 2 minutes in was taken for the start until 36 s before it died).
-        best_sse, best_tau = min((fit[0], fit[1]) for fit in fits)
+        best_sse, best_tau, best_residuals = min((fit[0], fit[1], fit[4]) for fit in fits)
         if line_wins and best_tau >= SETTLE_TAUS[-1]:
+            return None
+        # A best fit that bends over slowly may be a fast start and a leak's line after it, fitted by one
+        # curve: its residuals then change sign in a few long runs, where a start's scatter about its curve
+        # changes sign at random.
+        if line_wins and best_tau >= SETTLE_SLOW_TAU and _too_few_runs(best_residuals):
             return None
         plausible = [fit for fit in fits if fit[0] <= best_sse * (1.0 + SETTLE_F / (n - 3))
                      and fit[3] < 0 and fit[1] < SETTLE_TAUS[-1]]
