@@ -1352,7 +1352,7 @@ class TrendDetector:
         # does not bend over (a leak's line), or readings that fit best with no bend at all: a leak
         # that begins as the start levels off is then no start, even when a bend fits about as well
         # under noise (a 3-minute leak from 2 minutes in was taken for the start until 36 s before it died).
-        best_sse, best_tau, best_residuals = min((fit[0], fit[1], fit[4]) for fit in fits)
+        best_sse, best_tau, _, _, best_residuals = min(fits, key=lambda fit: (fit[0], fit[1]))
         if line_wins and best_tau >= SETTLE_TAUS[-1]:
             return None
         # A best fit that bends over slowly may be a fast start and a leak's line after it, fitted by one

@@ -386,7 +386,7 @@ FAMILY_RANGES = {
     "start_share": (0.05, 0.5),  # and where it begins, as a share of the plateau
 }
 
-_POSITIVE_RANGES = ("reading_s", "sawtooth_period_s", "spike_every_s", "start_tau_s")  # times between: never 0
+_POSITIVE_RANGES = ("reading_s", "sawtooth_period_s", "spike_every_s", "start_tau_s")  # times: never 0
 
 
 def family_ranges(overrides: Optional[dict] = None) -> dict:
